@@ -1,0 +1,3 @@
+"""dockerdns: a service-discovery DNS server for Docker."""
+
+__version__ = "0.1.0"

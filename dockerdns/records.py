@@ -1,0 +1,94 @@
+"""Records and DNS names: the vocabulary every other module speaks.
+
+Rule 1: a name inside dockerdns is absolute, lower-case and ends with ".".
+Rule 2: a record belongs to exactly one owner (a container id, or "static");
+        owners are replaced whole, never edited record by record.
+Rule 3: a record's value is zone-file text; names inside values are absolute.
+
+Pure: no I/O, no threads, no clocks. Every object here is immutable and so
+safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+STATIC = "static"
+
+#: Record types a static record may have (DESIGN.md, "Static records").
+STATIC_TYPES = ("A", "AAAA", "CNAME", "TXT", "SRV", "PTR", "MX")
+
+# RFC 1035 section 2.3.4: 63 octets a label, 255 octets a name on the wire,
+# which leaves 253 characters in presentation form without the root dot.
+MAX_LABEL = 63
+MAX_NAME = 253
+
+# Letters, digits, hyphen (RFC 952/1123 host names) and underscore, which
+# SRV owner names (RFC 2782) and Compose network names use.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One resource record and who published it."""
+
+    name: str  # absolute, lower-case, ends with "."
+    rtype: str  # "A", "AAAA", "CNAME", "TXT", "SRV", "PTR", "MX"
+    value: str  # zone-file syntax
+    ttl: int
+    owner: str = STATIC  # container id, or "static"
+    owner_name: str = STATIC  # container name, for `dockerdns records`
+    network: str | None = None  # A/AAAA of a container: the network's name
+    subnet: str | None = None  # ... and its subnet, for source-aware answers
+
+
+class InvalidName(ValueError):
+    """A string that is not a usable DNS name."""
+
+
+def is_valid_name(name: str) -> bool:
+    """True when `name` (absolute or relative) is a well-formed DNS name.
+
+    Labels of letters, digits, hyphens and underscores, 1 to 63 characters,
+    not starting or ending with a hyphen; 253 characters at most.
+    """
+    text = name[:-1] if name.endswith(".") else name
+    if not text or len(text) > MAX_NAME:
+        return False
+    return all(
+        len(label) <= MAX_LABEL and _LABEL.match(label) is not None
+        for label in text.lower().split(".")
+    )
+
+
+def absolute(name: str, zone: str) -> str:
+    """`name` made absolute: a trailing dot keeps it as is, else it goes under `zone`.
+
+    Raises InvalidName when the result is not a valid name.
+    """
+    name = name.strip()
+    if name.endswith("."):
+        result = name.lower()
+    else:
+        result = f"{name.lower()}.{zone_name(zone)}"
+    if not is_valid_name(result):
+        raise InvalidName(f"not a valid DNS name: {name!r}")
+    return result
+
+
+def zone_name(zone: str) -> str:
+    """The zone as an absolute, lower-case name ("docker" -> "docker.")."""
+    zone = zone.strip().lower().rstrip(".")
+    return f"{zone}."
+
+
+def in_zone(name: str, zone: str) -> bool:
+    """True when absolute `name` is `zone` (absolute) or below it."""
+    return name == zone or name.endswith("." + zone)
+
+
+def reverse_name(address: str) -> str:
+    """The PTR owner name of an IPv4 or IPv6 address."""
+    return ipaddress.ip_address(address).reverse_pointer.lower() + "."
