@@ -1,14 +1,156 @@
-"""Wires Settings into the parts: start, reload, stop. (Being written.)"""
+"""Wires Settings into the parts: bind, start, reload, stop.
+
+Data flows one way: the docker source and the static records fill the
+table; the responder reads it; the servers carry bytes. Nothing here
+answers queries or talks DNS.
+
+Thread-safety: `start`, `reload` and `stop` are called from one thread (the
+main one); `_on_gateway` comes from the docker source's thread and takes
+the lock that guards the server list.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
 from collections.abc import Callable
+from typing import Any, TextIO
 
-from .config import Settings
+from .config import BRIDGE, Address, ConfigError, Settings
+from .forwarder import Forwarder
+from .records import STATIC, Record, zone_name
+from .resolver import Policy
+from .responder import Responder
+from .servers import BindError, TcpServer, UdpServer, bind
+from .table import RecordTable
+
+log = logging.getLogger("dockerdns")
 
 
 class StartError(Exception):
     """The server cannot start; the message names the address and what to try."""
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(
+        zone=zone_name(settings.domain),
+        allow=settings.allow,
+        forwarding=settings.forward.enabled,
+        soa_ttl=settings.ttl,
+    )
+
+
+class App:
+    """One running dockerdns: table, responder, servers and the docker source."""
+
+    def __init__(self, settings: Settings, *, docker: bool = True):
+        self.settings = settings
+        self.table = RecordTable(settings.domain)
+        self.table.replace(STATIC, settings.records)
+        self.forwarder = Forwarder(settings.forward.upstreams)
+        self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings))
+        self.servers: list[UdpServer | TcpServer] = []
+        self._bridge: dict[int, tuple[str, list[UdpServer | TcpServer]]] = {}  # port -> (gateway, servers)
+        self._lock = threading.Lock()
+        self.source: Any = None
+        if docker:
+            from .docker_source import DockerSource
+
+            self.source = DockerSource(settings, self.table, on_gateway=self._on_gateway)
+
+    def _forwarder_for(self, settings: Settings) -> Forwarder | None:
+        return self.forwarder if settings.forward.enabled else None
+
+    def start(self) -> None:
+        """Bind every listen address (UDP and TCP), then start serving; StartError if any fails."""
+        try:
+            for address in self.settings.listen:
+                if address.host != BRIDGE:
+                    self.servers.extend(self._bind_pair(address))
+        except BindError as err:
+            self._close(self.servers)
+            raise StartError(str(err)) from err
+        for server in self.servers:
+            server.start()
+        log.info("listening on %s", ", ".join(sorted({str(s.address) for s in self.servers})) or "nothing yet")
+        if any(a.host == BRIDGE for a in self.settings.listen):
+            log.info("waiting for Docker to tell the bridge gateway address")
+        if self.source is not None:
+            self.source.start()
+
+    def _bind_pair(self, address: Address) -> list[UdpServer | TcpServer]:
+        """UDP and TCP on one address; port 0 gets one free port for both."""
+        udp = bind(address, socket.SOCK_DGRAM)
+        try:
+            port = udp.getsockname()[1]
+            tcp = bind(Address(address.host, port), socket.SOCK_STREAM)
+        except BindError:
+            udp.close()
+            raise
+        return [UdpServer(udp, self.responder), TcpServer(tcp, self.responder)]
+
+    def _on_gateway(self, gateway: str) -> None:
+        """Docker told us the default bridge's gateway: serve `bridge:PORT` there."""
+        with self._lock:
+            for address in self.settings.listen:
+                if address.host != BRIDGE:
+                    continue
+                current = self._bridge.get(address.port)
+                if current is not None and current[0] == gateway:
+                    continue
+                if current is not None:
+                    self._close(current[1])
+                try:
+                    pair = self._bind_pair(Address(gateway, address.port))
+                except BindError as err:
+                    log.warning("bridge: %s", err)
+                    self._bridge.pop(address.port, None)
+                    continue
+                for server in pair:
+                    server.start()
+                self._bridge[address.port] = (gateway, pair)
+                log.info("listening on %s (the Docker bridge)", Address(gateway, address.port))
+
+    def reload(self, settings: Settings) -> None:
+        """Swap in new settings: static records, ttl, upstreams, allow, forwarding."""
+        if settings.listen != self.settings.listen:
+            log.warning("reload: listen addresses change only on restart")
+        self.settings = settings
+        self.table.replace(STATIC, settings.records)
+        self.forwarder.upstreams = settings.forward.upstreams
+        self.responder.forwarder = self._forwarder_for(settings)
+        self.responder.policy = policy_of(settings)
+        if self.source is not None:
+            self.source.update_settings(settings)
+        log.info("reloaded %s: %d static records", settings.config_file or "settings", len(settings.records))
+
+    def addresses(self) -> list[Address]:
+        """The addresses actually bound (UDP and TCP share each)."""
+        with self._lock:
+            servers = self.servers + [s for _, pair in self._bridge.values() for s in pair]
+        return sorted({s.address for s in servers}, key=str)
+
+    def stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+        with self._lock:
+            for _, pair in self._bridge.values():
+                self._close(pair)
+            self._bridge.clear()
+        self._close(self.servers)
+        self.forwarder.close()
+
+    @staticmethod
+    def _close(servers: list[UdpServer | TcpServer]) -> None:
+        for server in servers:
+            server.stop()
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def serve(load: Callable[[], Settings]) -> int:
@@ -16,9 +158,59 @@ def serve(load: Callable[[], Settings]) -> int:
 
     Returns 0 on a clean stop; raises StartError when a socket cannot be bound.
     """
-    raise NotImplementedError
+    settings = load()
+    # Signals are taken synchronously by this thread; every thread started
+    # from here on inherits the mask, so none of them is interrupted.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGHUP})
+    app = App(settings)
+    app.start()
+    try:
+        while True:
+            signum = signal.sigwait(STOP_SIGNALS | {signal.SIGHUP})
+            if signum in STOP_SIGNALS:
+                log.info("stopping (%s)", signal.Signals(signum).name)
+                break
+            try:
+                app.reload(load())
+            except ConfigError as err:
+                for problem in err.problems:
+                    log.error("reload: %s", problem)
+                log.error("reload: kept the previous settings")
+    finally:
+        app.stop()
+    return 0
 
 
-def print_records(settings: Settings, as_json: bool) -> int:
-    """Print the table that would be served; raise DockerUnavailable when Docker is not reachable."""
-    raise NotImplementedError
+def records_of(settings: Settings) -> list[Record]:
+    """The records `serve` would publish now: static ones and a one-off read of Docker.
+
+    Raises docker_source.DockerUnavailable when Docker cannot be reached.
+    """
+    from .docker_source import read_once
+
+    table = RecordTable(settings.domain)
+    table.replace(STATIC, settings.records)
+    table.replace_all(read_once(settings))
+    return table.snapshot.records()
+
+
+def record_rows(records: list[Record]) -> list[dict[str, object]]:
+    """`dockerdns records --json` (and GET /records): one object per record."""
+    return [
+        {"name": r.name, "type": r.rtype, "value": r.value, "ttl": r.ttl, "owner": r.owner_name} for r in records
+    ]
+
+
+def print_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print the table that would be served; DockerUnavailable when Docker is not reachable."""
+    rows = record_rows(records_of(settings))
+    if as_json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return 0
+    header = {"name": "NAME", "type": "TYPE", "value": "VALUE", "ttl": "TTL", "owner": "CONTAINER"}
+    table = [header] + rows
+    widths = {key: max(len(str(row[key])) for row in table) for key in header}
+    for row in table:
+        out.write("  ".join(str(row[key]).ljust(widths[key]) for key in header).rstrip() + "\n")
+    return 0

@@ -1,0 +1,251 @@
+"""Threaded UDP and TCP front ends: sockets, framing, limits and timeouts; nothing else.
+
+Rule 1: UDP is served by a fixed set of worker threads per socket, each
+        blocking in recvfrom on the shared socket: no thread per packet.
+Rule 2: TCP is an accept loop and at most `MAX_TCP_CONNECTIONS` connection
+        threads; a client beyond the cap is closed at once. Each connection
+        carries many queries (RFC 7766 section 6.2.1), answers may come back
+        out of order, and it is closed after `TCP_IDLE_TIMEOUT` without a
+        query or `TCP_READ_TIMEOUT` to deliver a started one.
+Rule 3: what a query means is the handler's business. A handler gets the
+        bytes, the client's address, the transport and a `reply` callable,
+        which it may call later from another thread (forwarded answers).
+
+Thread-safety: `reply` callables are safe to call from any thread; `stop`
+may be called from any thread and returns once the sockets are closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .config import Address
+from .pool import DaemonPool
+
+log = logging.getLogger("dockerdns.server")
+
+UDP_WORKERS = 2  # threads per UDP socket
+UDP_RCVBUF = 4 * 1024 * 1024  # bytes: absorbs bursts while workers are busy
+MAX_UDP_MESSAGE = 65535
+MAX_TCP_CONNECTIONS = 128
+TCP_IDLE_TIMEOUT = 10.0  # seconds between queries on one connection
+TCP_READ_TIMEOUT = 5.0  # seconds to deliver one query once its length arrived
+MIN_MESSAGE = 12  # a DNS header
+
+Reply = Callable[[bytes], None]
+
+
+class Handler(Protocol):
+    def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None: ...
+
+
+class BindError(OSError):
+    """A listen address could not be bound; str() says which and why."""
+
+
+def bind(address: Address, kind: int) -> socket.socket:
+    """A bound socket (UDP: SOCK_DGRAM, TCP: SOCK_STREAM, listening)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            # [::]:53 and 0.0.0.0:53 may both be listed: keep the families apart.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind((address.host, address.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+    except OSError as err:
+        sock.close()
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise BindError(err.errno, f"cannot listen on {address} ({proto}): {err.strerror}; {_hint(err, address)}") from err
+    return sock
+
+
+def _hint(err: OSError, address: Address) -> str:
+    if err.errno == errno.EACCES:
+        return (
+            f"port {address.port} needs root or CAP_NET_BIND_SERVICE; run as root, "
+            f"or try --listen {address.host}:5353"
+        )
+    if err.errno == errno.EADDRINUSE:
+        return "another server holds it (systemd-resolved, dnsmasq?); stop it or choose another --listen"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return "no interface of this machine has that address; check --listen"
+    return "check --listen"
+
+
+def bound_address(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return Address(host, port)
+
+
+class UdpServer:
+    """Worker threads blocking on one UDP socket."""
+
+    def __init__(self, sock: socket.socket, handler: Handler, workers: int = UDP_WORKERS):
+        self.sock = sock
+        self.address = bound_address(sock)
+        self._handler = handler
+        self._running = True
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"udp {self.address} #{i}", daemon=True) for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        sock, handle = self.sock, self._handler.handle
+        while self._running:
+            try:
+                data, peer = sock.recvfrom(MAX_UDP_MESSAGE)
+            except OSError:
+                if not self._running:
+                    return
+                continue  # e.g. ECONNREFUSED from an earlier sendto: not fatal
+            if not data:
+                continue
+
+            def reply(answer: bytes, peer: tuple = peer) -> None:
+                try:
+                    sock.sendto(answer, peer)
+                except OSError:
+                    pass  # the client went away; UDP has nobody to tell
+
+            try:
+                handle(data, peer[0], "udp", reply)
+            except Exception:
+                log.exception("udp: handler failed")
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in recvfrom
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class TcpServer:
+    """An accept loop and a bounded pool of connection handlers."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Handler,
+        *,
+        max_connections: int = MAX_TCP_CONNECTIONS,
+        idle_timeout: float = TCP_IDLE_TIMEOUT,
+        read_timeout: float = TCP_READ_TIMEOUT,
+    ):
+        self.sock = sock
+        self.address = bound_address(sock)
+        self._handler = handler
+        self._idle = idle_timeout
+        self._read = read_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._pool = DaemonPool(max_connections, f"tcp {self.address}")
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._running = True
+        self.refused = 0
+        self._thread = threading.Thread(target=self._accept, name=f"tcp accept {self.address}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                if not self._running:
+                    return
+                continue
+            if not self._slots.acquire(blocking=False):
+                self.refused += 1
+                conn.close()  # over the cap: a clean close, the client may retry
+                continue
+            with self._lock:
+                self._conns.add(conn)
+            self._pool.submit(functools.partial(self._serve, conn, peer[0]))
+
+    def _serve(self, conn: socket.socket, client: str) -> None:
+        send_lock = threading.Lock()
+
+        def reply(answer: bytes) -> None:
+            with send_lock:
+                try:
+                    conn.sendall(struct.pack("!H", len(answer)) + answer)
+                except OSError:
+                    pass
+
+        try:
+            while self._running:
+                head = self._recv(conn, 2, self._idle)
+                if head is None:
+                    return
+                (size,) = struct.unpack("!H", head)
+                if size < MIN_MESSAGE:
+                    return  # a zero or impossible length: nothing sane follows
+                data = self._recv(conn, size, self._read)
+                if data is None:
+                    return
+                try:
+                    self._handler.handle(data, client, "tcp", reply)
+                except Exception:
+                    log.exception("tcp: handler failed")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            with send_lock:
+                conn.close()
+            self._slots.release()
+
+    @staticmethod
+    def _recv(conn: socket.socket, size: int, timeout: float) -> bytes | None:
+        """Exactly `size` bytes within `timeout` seconds, or None (timeout, EOF, error)."""
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while len(buf) < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                conn.settimeout(remaining)  # a deadline, so a byte at a time cannot stretch it
+                chunk = conn.recv(size - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+        except OSError:
+            return None
+        return bytes(buf)
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        except OSError:
+            pass
+        self.sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._pool.close()

@@ -1,0 +1,126 @@
+"""A stub upstream DNS server on loopback, for tests and benchmarks.
+
+It answers from a small zone given as text, can stay silent or fail on
+purpose, truncates large UDP answers like a real server, and records every
+query it saw. Never a real resolver: tests must not leave loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dnslib import QTYPE, RCODE, RR, DNSRecord
+
+
+@dataclass
+class Seen:
+    transport: str
+    qname: str
+    qtype: str
+    ident: int
+
+
+@dataclass
+class StubUpstream:
+    zone: str = ""
+    mode: str = "answer"  # "answer", "silent", "servfail", "refused"
+    delay: float = 0.0
+    host: str = "127.0.0.1"
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.records = RR.fromZone(self.zone) if self.zone.strip() else []
+        self.udp = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((self.host, 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket(self.udp.family, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((self.host, self.port))
+        self.tcp.listen(16)
+        self._running = True
+        for target in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def answer(self, data: bytes, transport: str) -> bytes | None:
+        query = DNSRecord.parse(data)
+        self.seen.append(Seen(transport, str(query.q.qname).lower(), QTYPE[query.q.qtype], query.header.id))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.mode == "silent":
+            return None
+        reply = query.reply()
+        reply.header.aa = 0
+        if self.mode == "servfail":
+            reply.header.rcode = RCODE.SERVFAIL
+        elif self.mode == "refused":
+            reply.header.rcode = RCODE.REFUSED
+        else:
+            matches = [rr for rr in self.records if rr.rname == query.q.qname]
+            for rr in matches:
+                if rr.rtype == query.q.qtype:
+                    reply.add_answer(rr)
+            if not matches:
+                reply.header.rcode = RCODE.NXDOMAIN
+        packed = reply.pack()
+        if transport == "udp" and len(packed) > 512:
+            packed = reply.truncate().pack()
+        return bytes(packed)
+
+    def _serve_udp(self) -> None:
+        while self._running:
+            try:
+                data, peer = self.udp.recvfrom(65535)
+            except OSError:
+                return
+            threading.Thread(target=self._udp_one, args=(data, peer), daemon=True).start()
+
+    def _udp_one(self, data: bytes, peer: tuple) -> None:
+        answer = self.answer(data, "udp")
+        if answer is not None and self._running:
+            try:
+                self.udp.sendto(answer, peer)
+            except OSError:
+                pass
+
+    def _serve_tcp(self) -> None:
+        while self._running:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_one, args=(conn,), daemon=True).start()
+
+    def _tcp_one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                head = conn.recv(2)
+                size = struct.unpack("!H", head)[0]
+                data = b""
+                while len(data) < size:
+                    chunk = conn.recv(size - len(data))
+                    if not chunk:
+                        return
+                    data += chunk
+                answer = self.answer(data, "tcp")
+                if answer is not None:
+                    conn.sendall(struct.pack("!H", len(answer)) + answer)
+            except (OSError, struct.error):
+                return
+
+    def close(self) -> None:
+        self._running = False
+        for sock in (self.udp, self.tcp):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
