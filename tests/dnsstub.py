@@ -80,6 +80,8 @@ class StubUpstream:
                 data, peer = self.udp.recvfrom(65535)
             except OSError:
                 return
+            if not data:
+                continue
             threading.Thread(target=self._udp_one, args=(data, peer), daemon=True).start()
 
     def _udp_one(self, data: bytes, peer: tuple) -> None:
