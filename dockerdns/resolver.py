@@ -166,8 +166,8 @@ def _answer_chain(
             return Lookup.NODATA if name in snapshot.ents or name == policy.zone else Lookup.NXDOMAIN
         type_name = QTYPE.get(qtype)
         if qtype == QTYPE.ANY:
-            for rtype, recs in rrsets.items():
-                _add(reply, owner, _ordered(rtype, recs, snapshot, client, turn))
+            for rtype, rrset in rrsets.items():
+                _add(reply, owner, _ordered(rtype, rrset, snapshot, client, turn))
             return Lookup.FOUND
         recs = rrsets.get(type_name)
         if recs:

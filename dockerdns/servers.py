@@ -47,7 +47,7 @@ class Handler(Protocol):
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None: ...
 
 
-class BindError(OSError):
+class BindError(Exception):
     """A listen address could not be bound; str() says which and why."""
 
 
@@ -69,7 +69,8 @@ def bind(address: Address, kind: int) -> socket.socket:
     except OSError as err:
         sock.close()
         proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
-        raise BindError(err.errno, f"cannot listen on {address} ({proto}): {err.strerror}; {_hint(err, address)}") from err
+        message = f"cannot listen on {address} ({proto}): {err.strerror}; {_hint(err, address)}"
+        raise BindError(message) from err
     return sock
 
 

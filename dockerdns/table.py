@@ -138,8 +138,8 @@ class RecordTable:
             claims = self._claims.get(name)
             if claims:
                 rrsets: dict[str, list[Record]] = {}
-                for recs in claims.values():
-                    for rec in recs:
+                for claimed in claims.values():
+                    for rec in claimed:
                         rrsets.setdefault(rec.rtype, []).append(rec)
                 names[name] = MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
                 if not had:

@@ -65,4 +65,3 @@ def encode(reply: DNSRecord, limit: int = TCP_LIMIT) -> bytes:
         if rr.rtype == QTYPE.OPT:
             cut.add_ar(rr)
     return bytes(cut.pack())
-
