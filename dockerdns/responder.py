@@ -4,9 +4,19 @@ It joins the pure parts (wire, resolver) to the forwarder and is what the
 servers call. Local answers are computed on the calling thread and never
 wait on anything; forwarded ones go to the forwarder's pool.
 
-Thread-safety: `handle` may be called from any number of threads at once.
-`policy` and `forwarder.upstreams` are replaced whole on reload; a query
-reads each once.
+Rule 1 (the fast path): a UDP answer depends only on the query's bytes
+        after the id, on the client's class (allowed or not, and which
+        Docker networks it sits on), on the table snapshot and on the
+        policy. So answers are kept, keyed by exactly that, and a repeated
+        query costs a dict lookup and an id patch. Rotation is a few
+        pre-built orders taken in turn. A new snapshot or policy empties
+        the cache; it never serves an answer the slow path would not give.
+Rule 2: everything else (first sight of a query, TCP, forwarding, FORMERR)
+        takes the slow path through wire and resolver.
+
+Thread-safety: `handle` and `fast` may be called from any number of threads
+at once. `policy` and `forwarder.upstreams` are replaced whole on reload; a
+query reads each once. Cache dicts are replaced whole, never cleared in place.
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ from dnslib import RCODE, DNSRecord
 
 from . import wire
 from .forwarder import Forwarder
-from .resolver import Answer, Policy, failure, resolve
+from .resolver import Answer, Policy, client_allowed, failure, resolve
 from .servers import Reply
-from .table import RecordTable
+from .table import RecordTable, Snapshot
 
 log = logging.getLogger("dockerdns.query")
 
 LOG_INTERVAL = 10.0  # seconds between two summary lines about the same trouble
+MAX_CACHED = 20000  # ready-made answers; past it the cache starts over
+MAX_ROTATIONS = 8  # pre-built orders of a multi-address answer
+
+ClientClass = tuple[bool, frozenset[str]]
 
 
 class Sparse:
@@ -56,8 +70,26 @@ class Responder:
         self.policy = policy
         self.forwarder = forwarder
         self._turns = itertools.count()  # next() is atomic in CPython: rotation without a lock
+        self._state: tuple[object, object] = (None, None)  # (snapshot, policy) the cache was made for
+        self._answers: dict[tuple[ClientClass, bytes], bytes | tuple[bytes, ...]] = {}
+        self._classes: dict[str, ClientClass] = {}
         self._overflow = Sparse("forward: too many queries in flight, answering SERVFAIL")
         self._upstream_failed = Sparse("forward: no upstream answered, answering SERVFAIL")
+
+    def fast(self, data: bytes, client: str) -> bytes | None:
+        """The ready-made UDP answer to `data` from `client`, or None (then call `handle`)."""
+        state = self._state
+        if self.table.snapshot is not state[0] or self.policy is not state[1]:
+            return None
+        cls = self._classes.get(client)
+        if cls is None:
+            return None
+        answer = self._answers.get((cls, data[2:]))
+        if answer is None:
+            return None
+        if isinstance(answer, bytes):
+            return data[:2] + answer
+        return data[:2] + answer[next(self._turns) % len(answer)]
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
         query = wire.decode(data)
@@ -67,9 +99,13 @@ class Responder:
             reply(query.reply)
             return
         limit = wire.udp_limit(query) if transport == "udp" else wire.TCP_LIMIT
-        outcome = resolve(query, self.table.snapshot, client, self.policy, next(self._turns))
+        snapshot, policy = self.table.snapshot, self.policy
+        outcome = resolve(query, snapshot, client, policy, next(self._turns))
         if isinstance(outcome, Answer):
-            reply(wire.encode(outcome.message, limit))
+            answer = wire.encode(outcome.message, limit)
+            reply(answer)
+            if transport == "udp":
+                self._keep(data, client, query, answer, len(outcome.message.rr), snapshot, policy)
             return
         forwarder = self.forwarder
         if forwarder is None or not forwarder.upstreams:
@@ -88,6 +124,29 @@ class Responder:
         if not forwarder.submit(query, data, done):
             self._overflow()
             reply(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+
+
+    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, count: int,
+              snapshot: Snapshot, policy: Policy) -> None:
+        """Remember the answer to `data` for the fast path (Rule 1)."""
+        if snapshot is not self._state[0] or policy is not self._state[1]:
+            self._answers, self._classes = {}, {}
+            self._state = (snapshot, policy)
+        elif len(self._answers) >= MAX_CACHED:
+            self._answers = {}
+        cls = self._classes.get(client)
+        if cls is None:
+            cls = (client_allowed(client, policy.allow), snapshot.networks_of(client))
+            if len(self._classes) >= MAX_CACHED:
+                self._classes = {}
+            self._classes[client] = cls
+        limit = wire.udp_limit(query)
+        orders = {answer[2:]}
+        for turn in range(1, min(count, MAX_ROTATIONS)):
+            outcome = resolve(query, snapshot, client, policy, turn)
+            if isinstance(outcome, Answer):
+                orders.add(wire.encode(outcome.message, limit)[2:])
+        self._answers[(cls, data[2:])] = orders.pop() if len(orders) == 1 else tuple(sorted(orders))
 
 
 def _truncated(answer: bytes, query: DNSRecord, limit: int) -> bytes:

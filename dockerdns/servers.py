@@ -46,6 +46,9 @@ Reply = Callable[[bytes], None]
 class Handler(Protocol):
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None: ...
 
+    def fast(self, data: bytes, client: str) -> bytes | None:
+        """A ready answer for a UDP query, or None to go through `handle`."""
+
 
 class BindError(Exception):
     """A listen address could not be bound; str() says which and why."""
@@ -109,15 +112,23 @@ class UdpServer:
             thread.start()
 
     def _serve(self) -> None:
-        sock, handle = self.sock, self._handler.handle
+        sock, handle, fast = self.sock, self._handler.handle, self._handler.fast
+        recvfrom, sendto = sock.recvfrom, sock.sendto
         while self._running:
             try:
-                data, peer = sock.recvfrom(MAX_UDP_MESSAGE)
+                data, peer = recvfrom(MAX_UDP_MESSAGE)
             except OSError:
                 if not self._running:
                     return
                 continue  # e.g. ECONNREFUSED from an earlier sendto: not fatal
             if not data:
+                continue  # shutdown() wakes us with nothing: the loop condition ends it
+            answer = fast(data, peer[0])
+            if answer is not None:
+                try:
+                    sendto(answer, peer)  # the hot path: no parsing, no allocation beyond the answer
+                except OSError:
+                    pass
                 continue
 
             def reply(answer: bytes, peer: tuple = peer) -> None:

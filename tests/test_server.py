@@ -307,3 +307,22 @@ def test_tcp_idle_zero_length_and_cap() -> None:
                 sock.close()
     finally:
         server.stop()
+
+
+def test_ready_made_answers_follow_the_table(upstream: StubUpstream) -> None:
+    """A repeated query gets its own id and case back, and a table change shows at once."""
+    app = App(settings(), docker=False)
+    app.start()
+    try:
+        addr = (app.addresses()[0].host, app.addresses()[0].port)
+        for ident in (1, 2, 3):
+            query = dns.message.make_query("GateWay.docker", "A", id=ident)
+            msg = dns.query.udp(query, addr[0], port=addr[1], timeout=3)
+            assert msg.id == ident and msg.question[0].name.to_text() == "GateWay.docker."
+            assert values(msg) == ["172.17.0.1"]
+        app.table.replace("static", [Record("gateway.docker.", "A", "172.17.0.254", 5)])
+        assert values(udp(addr, "GateWay.docker")) == ["172.17.0.254"]
+        app.table.remove("static")
+        assert udp(addr, "GateWay.docker").rcode() == dns.rcode.NXDOMAIN
+    finally:
+        app.stop()
