@@ -101,7 +101,7 @@ def main() -> int:
             made.remove(squatter)
         ms = sorted(d * 1000 for d in delays)
         print(f"rounds: {len(ms)}")
-        print(f"delay from `docker start` returning (incl. one inspect) to the new address being served:")
+        print("delay from `docker start` returning (incl. one inspect) to the new address being served:")
         print(f"  median {statistics.median(ms):.2f} ms, max {ms[-1]:.2f} ms, min {ms[0]:.2f} ms")
         print(f"first query after the start already right: {first_right}/{len(ms)}")
         return 0

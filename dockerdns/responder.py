@@ -125,7 +125,6 @@ class Responder:
             self._overflow()
             reply(wire.encode(failure(query, RCODE.SERVFAIL), limit))
 
-
     def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, count: int,
               snapshot: Snapshot, policy: Policy) -> None:
         """Remember the answer to `data` for the fast path (Rule 1)."""

@@ -1,0 +1,569 @@
+"""The docker source: keeps the record table current from the Docker Engine API.
+
+Rule 1: subscribe, then list. The event stream is opened first (with `since`
+        a little in the past, because the engine answers the subscription
+        before it registers it), then every running container is listed and
+        inspected and the table is replaced whole; nothing that happens during
+        the sync is lost.
+Rule 2: an event only says which container to re-read. Events are handled one
+        at a time, in order: inspect the container, derive its records
+        (naming.records_for_container), replace its records in the table, or
+        remove them when it is gone or no longer runs. Containers that share
+        its network namespace (`--network container:<id>`) are re-read too.
+Rule 3: read-only: GET requests only (/version, /events, /containers/json,
+        /containers/<id>/json, /networks/bridge).
+Rule 4: Docker going away is not an error of ours. The table keeps the last
+        known records, one warning is logged, the connection is retried with
+        exponential back-off (BACKOFF_FIRST doubling to BACKOFF_MAX) and, once
+        back, the table is re-synced whole. An idle engine sends no events, so
+        silence is never taken for a lost connection; only the end of the
+        stream or an error is.
+Rule 5: the resolver never waits on this module: it reads only the table.
+
+Thread-safety: DockerSource runs one daemon thread that does all Docker I/O
+and all table writes for containers. `start`, `stop` and `update_settings`
+may be called from any thread; `update_settings` and the source thread
+serialise on an internal lock while they derive records and write the table,
+so records are always derived from one settings object. Docker calls are
+made outside that lock. This is the only module that imports `docker`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+
+from .config import Settings
+from .naming import LABEL_IGNORE, Published, netns_owner_id, records_for_container
+from .records import Record
+from .table import RecordTable
+
+log = logging.getLogger("dockerdns.docker")
+
+#: Seconds before the first reconnection attempt; doubled after each failure.
+BACKOFF_FIRST = 0.05
+#: Seconds: the longest wait between reconnection attempts.
+BACKOFF_MAX = 2.0
+#: Seconds any one non-streaming API call may take.
+REQUEST_TIMEOUT = 10.0
+#: Seconds `stop` waits for the source thread.
+STOP_WAIT = 1.0
+#: Nanoseconds of events replayed on subscribing (Rule 1): the engine flushes
+#: the response headers before it registers the subscription.
+SINCE_MARGIN_NS = 1_000_000_000
+#: Inspect with a thread pool when more containers than this run. Most of an
+#: inspect's cost is the SDK's Python (requests: ~0.8 of ~1.2 ms), which holds
+#: the GIL: on 2 cores 300 containers took 340 ms serially and 370-400 ms with
+#: 2 to 8 workers, so the pool is used only with more cores, and stays below
+#: the SDK's 10 pooled connections, one of which is the event stream.
+POOL_ABOVE = 8
+POOL_WORKERS = min(8, (os.cpu_count() or 1) - 1)
+#: Characters of the container id used in log lines (Docker's short id).
+SHORT_ID = 12
+
+CONTAINER_ACTIONS = frozenset(
+    {"start", "die", "stop", "kill", "pause", "unpause", "rename", "destroy", "health_status"}
+)
+NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
+EVENT_FILTERS = {
+    "type": ["container", "network"],
+    # The engine matches health_status by prefix ("health_status: healthy").
+    "event": sorted(CONTAINER_ACTIONS | NETWORK_ACTIONS),
+}
+
+# What a lost or refused connection raises, through the SDK, requests or urllib3.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+    ValueError,  # a response cut in the middle of its JSON
+)
+
+Inspect = dict[str, Any]
+
+
+class DockerUnavailable(Exception):
+    """Docker cannot be reached; str() is one clear line."""
+
+
+def read_once(settings: Settings) -> dict[str, tuple[Record, ...]]:
+    """The records of every running container, read once (for `dockerdns records`).
+
+    Owners with no records are left out. Raises DockerUnavailable.
+    """
+    url = settings.docker.url
+    client = _connect(url)
+    try:
+        inspects = _inspect_running(client)
+    except CONNECTION_ERRORS as exc:
+        raise DockerUnavailable(f"docker: lost the connection to {url} ({_reason(exc)})") from None
+    finally:
+        client.close()
+    result: dict[str, tuple[Record, ...]] = {}
+    for cid, inspect in inspects.items():
+        published = records_for_container(inspect, settings, _owner_of(inspect, inspects))
+        for warning in published.warnings:
+            log.warning("skipped: %s %s: %s", cid[:SHORT_ID], _name(inspect), warning)
+        if published.records:
+            result[cid] = published.records
+    return result
+
+
+class DockerSource:
+    """Feeds a RecordTable from one Docker engine; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        table: RecordTable,
+        *,
+        on_gateway: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._settings = settings
+        self._table = table
+        self._on_gateway = on_gateway
+        self._clock = clock
+        self.last_sync: float | None = None
+        self.events_handled = 0
+        #: Called with the seconds from an event's timeNano to its table update.
+        self.on_propagation: Callable[[float], None] | None = None
+
+        self._lock = threading.Lock()  # guards the state below and table writes
+        self._inspects: dict[str, Inspect] = {}  # running containers by id
+        self._dependents: dict[str, str] = {}  # id -> netns owner, as NetworkMode names it
+        self._published: dict[str, tuple[Record, ...]] = {}  # what the table holds, by id
+        self._names: dict[str, str] = {}  # id -> name, for log lines
+        self._noted: dict[str, set[str]] = {}  # id -> warnings/ignores already logged
+
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: Any = None  # docker.APIClient, while connected
+        self._stream: Any = None  # its CancellableStream of events
+        self._in_sync = False
+        self._synced_at: float | None = None  # time.monotonic() of this connection's sync
+        self._gateway: str | None = None
+
+    # -- public -----------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        """True after a full sync while the event stream is connected."""
+        return self._in_sync and not self._stopping.is_set()
+
+    def start(self) -> None:
+        """Start the source thread. Never raises because Docker is unreachable."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="dockerdns-docker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the source thread, within about STOP_WAIT seconds."""
+        self._stopping.set()
+        self._in_sync = False
+        self._close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(STOP_WAIT)
+
+    def update_settings(self, settings: Settings) -> None:
+        """Re-derive every container's records with `settings`, from the cached inspect data (no Docker call)."""
+        with self._lock:
+            self._settings = settings
+            self._publish_all(self._inspects)
+
+    # -- the source thread --------------------------------------------------
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        warned = False
+        ever_synced = False
+        while not self._stopping.is_set():
+            url = self._settings.docker.url  # a new url (update_settings) applies from the next connection
+            self._synced_at = None
+            try:
+                self._session()
+                reason = "the event stream ended"
+            except CONNECTION_ERRORS as exc:
+                reason = _reason(exc)
+            except Exception as exc:  # a bug: say so loudly, then re-sync as after a lost connection
+                log.exception("docker: unexpected error")
+                reason = _reason(exc)
+            finally:
+                self._in_sync = False
+                self._close()
+            if self._stopping.is_set():
+                break
+            if self._synced_at is not None:
+                ever_synced = True
+                warned = False
+                if time.monotonic() - self._synced_at > BACKOFF_MAX:
+                    delay = BACKOFF_FIRST
+            if not warned:
+                if ever_synced:
+                    log.warning("docker: lost the connection to %s (%s); serving the last known records, retrying",
+                                url, reason)
+                else:
+                    log.warning("docker: cannot reach %s (%s); serving static records, retrying", url, reason)
+                warned = True
+            else:
+                log.debug("docker: %s still unreachable (%s); next attempt in %.2f s", url, reason, delay)
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _session(self) -> None:
+        """Connect, subscribe, sync, then handle events until the stream ends (Rule 1)."""
+        client = _open(self._settings.docker.url)
+        self._client = client
+        if self._stopping.is_set():
+            return
+        since = time.time_ns() - SINCE_MARGIN_NS
+        stream = client.events(since=f"{since // 10**9}.{since % 10**9:09d}", filters=EVENT_FILTERS, decode=True)
+        self._stream = stream
+        if self._stopping.is_set():
+            return
+        started = time.perf_counter()
+        inspects = _inspect_running(client)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._publish_all(inspects)
+        self.last_sync = self._clock()
+        self._in_sync = True
+        self._synced_at = time.monotonic()
+        log.info("docker: connected, %d containers (synced in %.0f ms)", len(inspects),
+                 (time.perf_counter() - started) * 1000)
+        self._update_gateway(client)
+        # The SDK's stream ends (StopIteration) on a broken connection too.
+        for event in stream:
+            if self._stopping.is_set():
+                return
+            self._handle(client, event)
+
+    def _handle(self, client: Any, event: Mapping[str, Any]) -> None:
+        """Re-read the container an event names (Rule 2)."""
+        cid = _event_container(event)
+        if cid is None:
+            return
+        self.events_handled += 1
+        self._refresh(client, cid)
+        with self._lock:
+            dependents = [dep for dep, owner in self._dependents.items() if _is(owner, cid, self._inspects)]
+        for dep in dependents:
+            if dep != cid:
+                self._refresh(client, dep)
+        time_ns = event.get("timeNano")
+        # Only container events: a network connect during `docker start` is
+        # emitted before the start and its inspect waits for the start to end
+        # (the engine holds the container's lock), which is no delay of ours.
+        if self.on_propagation is not None and isinstance(time_ns, int) and event.get("Type") == "container":
+            try:
+                self.on_propagation(self._clock() - time_ns / 1e9)
+            except Exception:
+                log.exception("docker: on_propagation hook failed")
+
+    def _refresh(self, client: Any, cid: str) -> None:
+        """Inspect one container and publish what it now has."""
+        inspect = _inspect(client, cid)
+        owner: Inspect | None = None
+        if inspect is not None:
+            owner_ref = netns_owner_id(inspect)
+            if owner_ref is not None:
+                with self._lock:
+                    owner = _find(owner_ref, self._inspects)
+                if owner is None:
+                    owner = _inspect(client, owner_ref)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if inspect is not None and _running(inspect):
+                self._remember(cid, inspect)
+            else:
+                self._forget(cid)
+            self._publish(cid, inspect, owner)
+            if inspect is None:
+                self._noted.pop(cid, None)
+        gateway = _bridge_gateway(inspect) if inspect is not None and _running(inspect) else None
+        if gateway is not None:
+            self._report_gateway(gateway)
+
+    # -- state, under self._lock ----------------------------------------------
+
+    def _remember(self, cid: str, inspect: Inspect) -> None:
+        self._inspects[cid] = inspect
+        self._names[cid] = _name(inspect)
+        owner_ref = netns_owner_id(inspect)
+        if owner_ref is None:
+            self._dependents.pop(cid, None)
+        else:
+            self._dependents[cid] = owner_ref
+
+    def _forget(self, cid: str) -> None:
+        self._inspects.pop(cid, None)
+        self._dependents.pop(cid, None)
+
+    def _publish_all(self, inspects: Mapping[str, Inspect]) -> None:
+        """Make the table hold exactly what `inspects` publish (a full sync, or new settings)."""
+        self._inspects = {}
+        self._dependents = {}
+        for cid, inspect in inspects.items():
+            self._remember(cid, inspect)
+        published: dict[str, Published] = {
+            cid: records_for_container(inspect, self._settings, _owner_of(inspect, self._inspects))
+            for cid, inspect in self._inspects.items()
+        }
+        self._table.replace_all({cid: p.records for cid, p in published.items()})
+        for cid in list(self._published):
+            if cid not in published:
+                self._log_change(cid, self._names.get(cid, "?"), None)
+        for cid, p in published.items():
+            self._log_change(cid, _name(self._inspects[cid]), p)
+        for state in (self._names, self._noted):
+            for cid in [c for c in state if c not in self._inspects]:
+                del state[cid]
+
+    def _publish(self, cid: str, inspect: Inspect | None, owner: Inspect | None) -> None:
+        """Derive one container's records and write them to the table."""
+        if inspect is None:
+            published = None
+            self._table.remove(cid)
+        else:
+            published = records_for_container(inspect, self._settings, owner)
+            self._table.replace(cid, published.records)
+        self._log_change(cid, _name(inspect) if inspect else self._names.get(cid, "?"), published)
+        if inspect is None or not _running(inspect):
+            self._names.pop(cid, None)
+
+    def _log_change(self, cid: str, name: str, published: Published | None) -> None:
+        """One line per change, in the vocabulary added/updated/removed/ignored/skipped."""
+        short = cid[:SHORT_ID]
+        old = self._published.get(cid, ())
+        new = published.records if published is not None else ()
+        if new:
+            self._published[cid] = new
+        else:
+            self._published.pop(cid, None)
+        if new and not old:
+            log.info("added: %s %s (%d records)", short, name, len(new))
+        elif new and new != old:
+            log.info("updated: %s %s (%d records)", short, name, len(new))
+        elif old and not new:
+            log.info("removed: %s %s", short, name)
+        if published is None:
+            return
+        noted = self._noted.setdefault(cid, set())
+        inspect = self._inspects.get(cid)
+        if published.ignored and inspect is not None:
+            why = f"{LABEL_IGNORE}={_labels(inspect).get(LABEL_IGNORE, '')}"
+            if why not in noted:
+                noted.add(why)
+                log.info("ignored: %s %s: %s", short, name, why)
+        elif not new and inspect is not None:
+            why = f"no addresses (network mode {_network_mode(inspect)})"
+            if why not in noted:
+                noted.add(why)
+                log.info("ignored: %s %s: %s", short, name, why)
+        for warning in published.warnings:
+            if warning not in noted:
+                noted.add(warning)
+                log.warning("skipped: %s %s: %s", short, name, warning)
+
+    # -- connection ---------------------------------------------------------
+
+    def _update_gateway(self, client: Any) -> None:
+        """Tell on_gateway the default bridge's gateway address when it is new.
+
+        Engines started without --bip report no Gateway in the bridge's IPAM
+        config; then a container on the bridge tells it, and failing that the
+        first address of the subnet (where dockerd puts docker0) is assumed.
+        """
+        try:
+            network = client.inspect_network("bridge")
+        except docker.errors.NotFound:  # dockerd --bridge=none
+            return
+        configs = (network.get("IPAM") or {}).get("Config") or []
+        config = configs[0] if configs and isinstance(configs[0], Mapping) else {}
+        with self._lock:
+            gateway = config.get("Gateway") or next(filter(None, map(_bridge_gateway, self._inspects.values())), None)
+        if not gateway and config.get("Subnet"):
+            try:
+                gateway = str(next(ipaddress.ip_network(config["Subnet"], strict=False).hosts()))
+            except (ValueError, StopIteration):
+                gateway = None
+        if gateway:
+            self._report_gateway(gateway)
+
+    def _report_gateway(self, gateway: str) -> None:
+        if gateway == self._gateway:
+            return
+        self._gateway = gateway
+        if self._on_gateway is not None:
+            try:
+                self._on_gateway(gateway)
+            except Exception:
+                log.exception("docker: on_gateway(%s) failed", gateway)
+
+    def _close(self) -> None:
+        """Close the event stream and the client; unblocks the source thread."""
+        stream, self._stream = self._stream, None
+        client, self._client = self._client, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # already closed, or the socket is gone
+                pass
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+
+# -- Docker calls -----------------------------------------------------------
+
+
+def _open(url: str) -> Any:
+    """A low-level client for `url`, TLS settings from the environment as the SDK reads them."""
+    kwargs = docker.utils.kwargs_from_env()
+    kwargs["base_url"] = url
+    # version="auto" asks the engine (GET /version): no API version pinned.
+    return docker.APIClient(version="auto", timeout=REQUEST_TIMEOUT, **kwargs)
+
+
+def _connect(url: str) -> Any:
+    """_open(url), raising DockerUnavailable when the engine cannot be reached."""
+    try:
+        return _open(url)
+    except CONNECTION_ERRORS as exc:
+        raise DockerUnavailable(f"docker: cannot reach {url} ({_reason(exc)})") from None
+
+
+def _inspect(client: Any, ref: str) -> Inspect | None:
+    """`GET /containers/<ref>/json`; None when there is no such container."""
+    try:
+        result: Inspect = client.inspect_container(ref)
+    except docker.errors.NotFound:
+        return None
+    return result
+
+
+def _inspect_running(client: Any) -> dict[str, Inspect]:
+    """Every running container's inspect data, by id (inspected concurrently when many)."""
+    ids = [c["Id"] for c in client.containers()]
+    if len(ids) > POOL_ABOVE and POOL_WORKERS > 1:
+        with ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="dockerdns-inspect") as pool:
+            found: Iterable[Inspect | None] = list(pool.map(lambda cid: _inspect(client, cid), ids))
+    else:
+        found = [_inspect(client, cid) for cid in ids]
+    return {i["Id"]: i for i in found if i is not None}
+
+
+# -- pure helpers -----------------------------------------------------------
+
+
+def _event_container(event: Mapping[str, Any]) -> str | None:
+    """The id of the container an event asks to re-read, or None."""
+    kind = event.get("Type")
+    action = event.get("Action")
+    actor = event.get("Actor")
+    if not isinstance(action, str) or not isinstance(actor, Mapping):
+        return None
+    if kind == "container" and (action in CONTAINER_ACTIONS or action.startswith("health_status")):
+        cid = actor.get("ID")
+    elif kind == "network" and action in NETWORK_ACTIONS:
+        cid = (actor.get("Attributes") or {}).get("container")
+    else:
+        return None
+    return cid if isinstance(cid, str) and cid else None
+
+
+def _running(inspect: Mapping[str, Any]) -> bool:
+    state = inspect.get("State")
+    return isinstance(state, Mapping) and state.get("Running") is True
+
+
+def _bridge_gateway(inspect: Mapping[str, Any]) -> str | None:
+    """The gateway of a container's endpoint on the default bridge network, if it has one."""
+    settings = inspect.get("NetworkSettings")
+    networks = settings.get("Networks") if isinstance(settings, Mapping) else None
+    bridge = networks.get("bridge") if isinstance(networks, Mapping) else None
+    gateway = bridge.get("Gateway") if isinstance(bridge, Mapping) else None
+    return gateway if isinstance(gateway, str) and gateway else None
+
+
+def _name(inspect: Mapping[str, Any]) -> str:
+    name = inspect.get("Name")
+    return name.lstrip("/") if isinstance(name, str) else "?"
+
+
+def _labels(inspect: Mapping[str, Any]) -> Mapping[str, str]:
+    config = inspect.get("Config")
+    labels = config.get("Labels") if isinstance(config, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _network_mode(inspect: Mapping[str, Any]) -> str:
+    host_config = inspect.get("HostConfig")
+    mode = host_config.get("NetworkMode") if isinstance(host_config, Mapping) else None
+    if isinstance(mode, str) and mode.startswith("container:"):
+        return "container:" + mode[len("container:"):][:SHORT_ID]
+    return mode if isinstance(mode, str) else "?"
+
+
+def _is(ref: str, cid: str, inspects: Mapping[str, Inspect]) -> bool:
+    """True when `ref` (an id, short id or name from NetworkMode) names container `cid`."""
+    if ref == cid:
+        return True
+    found = _find(ref, inspects)
+    return found is not None and found.get("Id") == cid
+
+
+def _find(ref: str, inspects: Mapping[str, Inspect]) -> Inspect | None:
+    """The cached container `ref` names: a full id, an id prefix, or a name."""
+    if ref in inspects:
+        return inspects[ref]
+    for cid, inspect in inspects.items():
+        if _name(inspect) == ref.lstrip("/") or (len(ref) >= SHORT_ID and cid.startswith(ref)):
+            return inspect
+    return None
+
+
+def _owner_of(inspect: Mapping[str, Any], inspects: Mapping[str, Inspect]) -> Inspect | None:
+    """The inspect data of the container whose network namespace `inspect` joined, if cached."""
+    ref = netns_owner_id(inspect)
+    return _find(ref, inspects) if ref is not None else None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words ("No such file or directory")."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    timed_out = False
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, (TimeoutError, requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)):
+            timed_out = True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        queue.extend(e for e in linked if isinstance(e, BaseException))
+    if timed_out:
+        return "timed out"
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
