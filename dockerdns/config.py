@@ -1,17 +1,32 @@
 """Settings: one validated, immutable object built from YAML < DOCKERDNS_* < flags.
 
-Rule: configuration is validated once, here, at the edge. Every problem is
-reported as one line naming the key path and the bad value, and all problems
-are reported together (ConfigError.problems). Nothing else in dockerdns
-validates configuration again.
+Rule 1: configuration is validated once, here, at the edge. Every problem is
+        reported as one line naming where it came from (the YAML key path,
+        the environment variable or the flag) and the bad value, and all
+        problems are reported together (ConfigError.problems). Nothing else
+        in dockerdns validates configuration again.
+Rule 2: layers stack: built-in defaults < YAML file < DOCKERDNS_* environment
+        < command-line flags. A key set in a higher layer wins; every layer's
+        values are checked, even those a higher layer overrides.
+Rule 3: a YAML key with an empty value (null) takes its default; so does an
+        environment variable set to the empty string.
+
+Reads the config file and resolv.conf and nothing else; no logging. Settings
+are immutable and safe to share between threads.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from .records import Record
+import dnslib
+import yaml
+
+from .records import STATIC, STATIC_TYPES, InvalidName, Record, absolute, is_valid_name, zone_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -89,3 +104,566 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# --- Names of the keys -------------------------------------------------------
+
+#: The flag of each YAML key path; also the keys `load` accepts in `flags`.
+FLAGS: Mapping[str, str] = {
+    "listen": "--listen",
+    "domain": "--domain",
+    "ttl": "--ttl",
+    "docker.url": "--docker-url",
+    "forward.upstreams": "--upstream",
+    "forward.enabled": "--no-forward",
+    "allow": "--allow",
+    "external_names": "--external-names",
+    "http.listen": "--http",
+    "log.level": "--log-level",
+}
+CONFIG_FLAG = "config"  # the key of -c/--config in `flags`
+CONFIG_ENV = "DOCKERDNS_CONFIG"
+DEFAULT_CONFIG = "/etc/dockerdns/dockerdns.yaml"
+RESOLV_CONF = "/etc/resolv.conf"
+DEFAULT_DOCKER_URL = DockerSettings().url
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DNS_PORT = 53
+MAX_TTL = 2**31 - 1  # RFC 2181 section 8: a TTL is an unsigned 31-bit number
+
+_RECORDS = "records"
+_RECORD_KEYS = ("name", "type", "value", "ttl")
+_DEFAULTS = Settings()
+_WILDCARDS = ("0.0.0.0", "::")
+# Docker's embedded DNS in containers on user-defined networks. Docker's DNAT
+# rule sends 127.0.0.11:53 to its own resolver, so it never reaches a socket
+# dockerdns binds to 0.0.0.0:53 in the same container.
+_DOCKER_EMBEDDED_DNS = "127.0.0.11"
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a YAML key path ("forward.upstreams" -> "DOCKERDNS_FORWARD_UPSTREAMS")."""
+    return "DOCKERDNS_" + key.upper().replace(".", "_")
+
+
+# --- Entry points --------------------------------------------------------------
+
+
+def load(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    *,
+    resolv_conf: str = RESOLV_CONF,
+    default_config: str = DEFAULT_CONFIG,
+) -> Settings:
+    """Settings from flags > DOCKERDNS_* environment > YAML file > defaults.
+
+    `flags` holds only the options given on the command line, keyed by YAML
+    key path (see FLAGS) plus "config". Raises ConfigError listing every problem.
+    """
+    unknown = set(flags) - set(FLAGS) - {CONFIG_FLAG}
+    if unknown:
+        raise ValueError(f"unknown flag keys: {sorted(unknown)}")
+    problems: list[str] = []
+    path = _config_path(flags, environ, default_config)
+    file_values = _flatten(_read_document(path, problems), problems) if path else {}
+    layers = (
+        _Layer(file_values, label=str, text=False),
+        _Layer(_env_values(environ), label=env_name, text=True),
+        _Layer({key: flags[key] for key in FLAGS if key in flags}, label=FLAGS.__getitem__, text=True),
+    )
+    settings = _build(layers, file_values.get(_RECORDS), environ, resolv_conf, problems)
+    if problems:
+        raise ConfigError(problems)
+    return replace(settings, config_file=path)
+
+
+def check_file(path: str) -> list[str]:
+    """The problems of the config file at `path`, one line each; empty when it is fine."""
+    try:
+        load({CONFIG_FLAG: path}, {}, resolv_conf=os.devnull)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def nameservers(resolv_conf: str) -> tuple[Address, ...]:
+    """The `nameserver` addresses of a resolv.conf file, on port 53; none when it cannot be read."""
+    try:
+        with open(resolv_conf, encoding="utf-8", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return ()
+    found: dict[Address, None] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        host = fields[1].split("%", 1)[0]  # fe80::1%eth0: the scope names a link of this host
+        try:
+            found[Address(str(ipaddress.ip_address(host)), DNS_PORT)] = None
+        except ValueError:
+            continue
+    return tuple(found)
+
+
+# --- Reading the layers ------------------------------------------------------
+
+
+def _config_path(flags: Mapping[str, object], environ: Mapping[str, str], default_config: str) -> str | None:
+    """The file to read: -c, else DOCKERDNS_CONFIG, else the default file if it exists."""
+    explicit = flags.get(CONFIG_FLAG) or environ.get(CONFIG_ENV, "").strip()
+    if explicit:
+        return str(explicit)
+    return default_config if os.path.exists(default_config) else None
+
+
+def _read_document(path: str, problems: list[str]) -> Mapping[object, object]:
+    """The top-level mapping of a YAML file; an empty file is an empty mapping."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+    except FileNotFoundError:
+        problems.append(f"{path}: no such file")
+        return {}
+    except OSError as exc:
+        problems.append(f"{path}: {exc.strerror or exc}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(f"{path}: not UTF-8 text")
+        return {}
+    except yaml.MarkedYAMLError as exc:
+        line = f":{exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        problems.append(f"{path}{line}: {exc.problem or exc}")
+        return {}
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: {exc}")
+        return {}
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        problems.append(f"{path}: expected a mapping of keys at the top level, got {_kind(document)}")
+        return {}
+    return document
+
+
+def _flatten(document: Mapping[object, object], problems: list[str]) -> dict[str, object]:
+    """YAML mapping -> {key path: value}; unknown keys are problems, null values are left out."""
+    values: dict[str, object] = {}
+    for key, value in document.items():
+        path = str(key)
+        if _is_section(path):
+            values.update(_flatten_section(path, value, problems))
+        elif path not in FLAGS and path != _RECORDS:
+            problems.append(f"{path}: unknown key")
+        elif value is not None:
+            values[path] = value
+    return values
+
+
+def _is_section(name: str) -> bool:
+    return any(key.startswith(name + ".") for key in FLAGS)
+
+
+def _flatten_section(section: str, value: object, problems: list[str]) -> dict[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{section}: expected a mapping, got {_show(value)}")
+        return {}
+    values: dict[str, object] = {}
+    for key, subvalue in value.items():
+        path = f"{section}.{key}"
+        if path not in FLAGS:
+            problems.append(f"{path}: unknown key")
+        elif subvalue is not None:
+            values[path] = subvalue
+    return values
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """{key path: text} of the DOCKERDNS_* variables that are set and not empty."""
+    return {key: environ[env_name(key)] for key in FLAGS if environ.get(env_name(key), "").strip()}
+
+
+# --- Checking values -----------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Invalid(Exception):
+    """One or more problem lines, each already naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value came from: names it in problems, and says how to read it."""
+
+    label: str  # "forward.upstreams", "DOCKERDNS_FORWARD_UPSTREAMS", "--upstream"
+    text: bool = False  # environment and flags: lists are comma-separated, numbers and booleans are text
+    indexed: bool = True  # YAML: list items are named key[i]
+
+    def item(self, index: int) -> _Where:
+        return replace(self, label=f"{self.label}[{index}]") if self.indexed else self
+
+    def key(self, name: str) -> _Where:
+        return replace(self, label=f"{self.label}.{name}")
+
+    def invalid(self, expected: str, value: object) -> _Invalid:
+        return _Invalid([f"{self.label}: expected {expected}, got {_show(value)}"])
+
+
+_Parse = Callable[[object, _Where], T]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """The values of one source, by key path, and how that source names a key."""
+
+    values: Mapping[str, object]
+    label: Callable[[str], str]
+    text: bool
+
+    def where(self, key: str) -> _Where:
+        return _Where(self.label(key), text=self.text, indexed=not self.text)
+
+
+def _resolve(key: str, parse: _Parse[T], layers: Iterable[_Layer], problems: list[str]) -> T | None:
+    """The value of `key` from the highest layer that sets it; None when none does."""
+    result: T | None = None
+    for layer in layers:
+        if key in layer.values:
+            result = _collect(parse, layer.values[key], layer.where(key), problems)
+    return result
+
+
+def _collect(parse: _Parse[T], value: object, where: _Where, problems: list[str]) -> T | None:
+    """`parse(value, where)`, or None with its problems added to `problems`."""
+    try:
+        return parse(value, where)
+    except _Invalid as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it: strings quoted, booleans and null in YAML spelling."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _kind(value: object) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _list_of(item: _Parse[T]) -> _Parse[tuple[T, ...]]:
+    """A parser of lists (comma-separated in text) whose items `item` parses; all bad items are reported."""
+
+    def parse(value: object, where: _Where) -> tuple[T, ...]:
+        if where.text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise where.invalid("a list", value)
+        items: list[T] = []
+        problems: list[str] = []
+        for index, element in enumerate(value):
+            parsed = _collect(item, element, where.item(index), problems)
+            if parsed is not None:
+                items.append(parsed)
+        if problems:
+            raise _Invalid(problems)
+        return tuple(items)
+
+    return parse
+
+
+def _boolean(value: object, where: _Where) -> bool:
+    if isinstance(value, bool):
+        return value
+    if where.text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise where.invalid("true or false", value)
+
+
+def _ttl(value: object, where: _Where) -> int:
+    if where.text and isinstance(value, str):
+        try:
+            number: object = int(value.strip())
+        except ValueError:
+            raise where.invalid("an integer", value) from None
+    else:
+        number = value
+    # YAML's true and false are Python bools, and so ints: not a TTL.
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise where.invalid("an integer", value)
+    if not 0 <= number <= MAX_TTL:
+        raise where.invalid(f"an integer from 0 to {MAX_TTL}", value)
+    return number
+
+
+def _string(value: object, where: _Where) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.invalid("a non-empty string", value)
+    return value.strip()
+
+
+def _domain(value: object, where: _Where) -> str:
+    if not isinstance(value, str) or not is_valid_name(value.strip()):
+        raise where.invalid("a DNS name", value)
+    return value.strip().lower().rstrip(".")
+
+
+def _log_level(value: object, where: _Where) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in LOG_LEVELS:
+        raise where.invalid("one of " + ", ".join(LOG_LEVELS), value)
+    return value.strip().lower()
+
+
+def _cidr(value: object, where: _Where) -> IPNetwork:
+    """A network; a bare address is a network of one (/32, /128); host bits are cleared."""
+    if not isinstance(value, str):
+        raise where.invalid("a CIDR", value)
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise where.invalid("a CIDR", value) from None
+
+
+# --- Addresses ---------------------------------------------------------------
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """"host:port", "[v6]:port", "[v6]", "host", "v6" -> (host, port text or None)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(text)
+        return host, rest[1:] if rest else None
+    if text.count(":") > 1:
+        return text, None  # a bare IPv6 address
+    host, colon, port = text.partition(":")
+    return host, port if colon else None
+
+
+def _address(
+    value: object,
+    where: _Where,
+    *,
+    expected: str,
+    default_port: int | None,
+    lowest_port: int = 0,
+    keywords: tuple[str, ...] = (),
+) -> Address:
+    """An Address whose host is an IP literal (or one of `keywords`); the port may default."""
+    if not isinstance(value, str):
+        raise where.invalid(expected, value)
+    try:
+        host, port = _split_host_port(value.strip())
+        host = host.lower() if host.lower() in keywords else str(ipaddress.ip_address(host))
+    except ValueError:
+        raise where.invalid(expected, value) from None
+    if port is None:
+        if default_port is None:
+            raise where.invalid(expected, value)
+        return Address(host, default_port)
+    if not (port.isascii() and port.isdigit() and lowest_port <= int(port) <= 65535):
+        raise where.invalid(f"{expected} with a port from {lowest_port} to 65535", value)
+    return Address(host, int(port))
+
+
+def _listen_address(value: object, where: _Where) -> Address:
+    """A listen address: an IP or "bridge", port optional (53); port 0 lets the system choose."""
+    return _address(value, where, expected="HOST:PORT", default_port=DNS_PORT, keywords=(BRIDGE,))
+
+
+def _listen(value: object, where: _Where) -> tuple[Address, ...]:
+    addresses = _list_of(_listen_address)(value, where)
+    if not addresses:
+        raise where.invalid("at least one HOST:PORT", value)
+    return addresses
+
+
+def _upstream(value: object, where: _Where) -> Address:
+    return _address(value, where, expected="HOST[:PORT]", default_port=DNS_PORT, lowest_port=1)
+
+
+def _http_listen(value: object, where: _Where) -> Address | None:
+    """The HTTP listener's address; the empty string turns it off."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _address(value, where, expected="HOST:PORT", default_port=None)
+
+
+def _reaches_self(upstream: Address, listen: Iterable[Address]) -> bool:
+    """True when a query sent to `upstream` would arrive at one of dockerdns's own sockets."""
+    for own in listen:
+        if own.port != upstream.port:
+            continue
+        if own.host == upstream.host:
+            return True
+        if own.host in _WILDCARDS and upstream.host != _DOCKER_EMBEDDED_DNS:
+            if ipaddress.ip_address(upstream.host).is_loopback:
+                return True
+    return False
+
+
+# --- Static records ----------------------------------------------------------
+
+# What the value of each static record type looks like, for problems.
+_VALUE_SYNTAX = {
+    "A": "an IPv4 address",
+    "AAAA": "an IPv6 address",
+    "CNAME": "a DNS name",
+    "PTR": "a DNS name",
+    "MX": "PREFERENCE NAME",
+    "SRV": "PRIORITY WEIGHT PORT TARGET",
+    "TXT": 'quoted text ("...")',
+}
+# The number of fields of each type's value; TXT takes any number of strings.
+_VALUE_FIELDS = {"A": 1, "AAAA": 1, "CNAME": 1, "PTR": 1, "MX": 2, "SRV": 4}
+_ADDRESS_TYPES = {"A": ipaddress.IPv4Address, "AAAA": ipaddress.IPv6Address}
+
+
+def _static_records(domain: str, ttl: int) -> _Parse[tuple[Record, ...]]:
+    """A parser of the `records` list; names go under `domain`, `ttl` is the default TTL."""
+
+    def parse_record(item: object, where: _Where) -> Record:
+        return _static_record(item, where, domain, ttl)
+
+    return _list_of(parse_record)
+
+
+def _static_record(item: object, where: _Where, domain: str, default_ttl: int) -> Record:
+    """One record of `records`: {name, type, value, ttl?}; every bad field is reported."""
+    if not isinstance(item, dict):
+        raise where.invalid("a mapping with name, type and value", item)
+    problems = [f"{where.key(str(key)).label}: unknown key" for key in item if key not in _RECORD_KEYS]
+    problems += [f"{where.key(key).label}: missing" for key in ("name", "type", "value") if item.get(key) is None]
+
+    def field(key: str, parse: _Parse[T]) -> T | None:
+        value = item.get(key)
+        return None if value is None else _collect(parse, value, where.key(key), problems)
+
+    name = field("name", _record_name(domain))
+    rtype = field("type", _record_type)
+    ttl = field("ttl", _ttl)
+    value = field("value", _record_value(rtype, domain)) if rtype else None
+    if problems or name is None or rtype is None or value is None:
+        raise _Invalid(problems)
+    return Record(name, rtype, value, _default(ttl, default_ttl), owner=STATIC, owner_name=STATIC)
+
+
+def _record_name(domain: str) -> _Parse[str]:
+    """A parser of record names: relative names go under `domain`, a trailing dot makes one absolute."""
+
+    def parse(value: object, where: _Where) -> str:
+        if isinstance(value, str):
+            try:
+                return absolute(value, domain)
+            except InvalidName:
+                pass
+        raise where.invalid("a DNS name", value)
+
+    return parse
+
+
+def _record_type(value: object, where: _Where) -> str:
+    if not isinstance(value, str) or value.strip().upper() not in STATIC_TYPES:
+        raise where.invalid("one of " + ", ".join(STATIC_TYPES), value)
+    return value.strip().upper()
+
+
+def _record_value(rtype: str, domain: str) -> _Parse[str]:
+    """A parser of `rtype` values in zone-file syntax; returns them normalised, names absolute."""
+    zone = zone_name(domain)
+
+    def parse(value: object, where: _Where) -> str:
+        if not isinstance(value, str) or not _plausible_value(value, rtype):
+            raise where.invalid(_VALUE_SYNTAX[rtype], value)
+        fields = value.split()
+        if rtype == "SRV" and not fields[3].endswith("."):
+            # dnslib ignores the origin for SRV targets; make a relative one absolute here.
+            fields[3] = zone if fields[3] == "@" else f"{fields[3]}.{zone}"
+        try:
+            rrs = dnslib.RR.fromZone(f"{zone} 0 IN {rtype} {' '.join(fields)}", origin=zone)
+        except Exception:  # dnslib's zone parser reports bad input with many exception types
+            raise where.invalid(_VALUE_SYNTAX[rtype], value) from None
+        if len(rrs) != 1:
+            raise where.invalid(_VALUE_SYNTAX[rtype], value)
+        # toZone, not str(): str() of a TXT joins its strings with commas, which is not zone syntax.
+        return str(rrs[0].rdata.toZone())
+
+    return parse
+
+
+def _plausible_value(value: str, rtype: str) -> bool:
+    """The checks dnslib leaves out: one line, the field count, addresses and target names."""
+    fields = value.split()
+    if not fields or "\n" in value.strip() or len(fields) != _VALUE_FIELDS.get(rtype, len(fields)):
+        return False
+    if rtype in _ADDRESS_TYPES:
+        try:
+            _ADDRESS_TYPES[rtype](fields[0])
+        except ValueError:
+            return False
+        return True
+    if rtype in ("CNAME", "PTR"):
+        return is_valid_name(fields[-1])
+    if rtype in ("MX", "SRV"):
+        # "." is the null target: no service here (RFC 2782; RFC 7505 for MX).
+        return fields[-1] == "." or is_valid_name(fields[-1])
+    return True
+
+
+# --- Building Settings -------------------------------------------------------
+
+
+def _build(
+    layers: tuple[_Layer, ...],
+    records: object,
+    environ: Mapping[str, str],
+    resolv_conf: str,
+    problems: list[str],
+) -> Settings:
+    """Settings from the layers, defaults filling what no layer sets; problems go to `problems`."""
+    listen = _resolve("listen", _listen, layers, problems) or DEFAULT_LISTEN
+    domain = _resolve("domain", _domain, layers, problems) or _DEFAULTS.domain
+    ttl = _default(_resolve("ttl", _ttl, layers, problems), _DEFAULTS.ttl)
+    url = _resolve("docker.url", _string, layers, problems) or environ.get("DOCKER_HOST", "").strip()
+    upstreams = _resolve("forward.upstreams", _list_of(_upstream), layers, problems) or nameservers(resolv_conf)
+    enabled = _resolve("forward.enabled", _boolean, layers, problems)
+    allow = _resolve("allow", _list_of(_cidr), layers, problems)
+    external_names = _resolve("external_names", _boolean, layers, problems)
+    http_listen = _resolve("http.listen", _http_listen, layers, problems)
+    level = _resolve("log.level", _log_level, layers, problems)
+    static: tuple[Record, ...] = ()
+    if records is not None:
+        static = _collect(_static_records(domain, ttl), records, _Where(_RECORDS), problems) or ()
+    return Settings(
+        listen=listen,
+        domain=domain,
+        ttl=ttl,
+        docker=DockerSettings(url=url or DEFAULT_DOCKER_URL),
+        forward=ForwardSettings(
+            enabled=_default(enabled, _DEFAULTS.forward.enabled),
+            # Forwarding must never reach dockerdns itself (DESIGN.md, "DNS behaviour").
+            upstreams=tuple(upstream for upstream in upstreams if not _reaches_self(upstream, listen)),
+        ),
+        allow=_default(allow, _DEFAULTS.allow),
+        external_names=_default(external_names, _DEFAULTS.external_names),
+        http=HttpSettings(listen=http_listen),
+        log=LogSettings(level=level or _DEFAULTS.log.level),
+        records=static,
+    )
+
+
+def _default(value: T | None, default: T) -> T:
+    return default if value is None else value

@@ -1,0 +1,7 @@
+"""`python -m dockerdns`: the same as the `dockerdns` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The `dockerdns` command line, run as `python -m dockerdns` in a subprocess.
+
+serve and records need app.py and Docker; they are tested elsewhere. Every run
+gets the environment without its DOCKERDNS_* variables, so the caller's
+configuration never leaks in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dockerdns import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "conf" / "dockerdns.yaml"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("DOCKERDNS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dockerdns", *args],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, env=environ,
+    )
+
+
+def test_version() -> None:
+    """--version prints `dockerdns <version>` and exits 0."""
+    result = run("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"dockerdns {__version__}\n", "")
+
+
+def test_help() -> None:
+    """--help prints the usage with the commands and exits 0."""
+    result = run("--help")
+    assert result.returncode == 0
+    assert "check-config" in result.stdout and "--listen" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "dockerdns: error: unrecognized arguments: --bogus"),
+    (["serve", "--bogus"], "dockerdns: error: unrecognized arguments: --bogus"),
+    (["records", "--ttl"], "dockerdns: error: argument --ttl: expected one argument"),
+    (["check-config", "--listen", "127.0.0.1:53"], "dockerdns: error: unrecognized arguments: --listen 127.0.0.1:53"),
+    (["bogus"], "dockerdns: error: argument COMMAND: invalid choice: 'bogus' "
+                "(choose from 'serve', 'records', 'check-config')"),
+])
+def test_bad_usage(args: list[str], message: str) -> None:
+    """Bad usage is exit 2 with exactly one line on stderr and no traceback."""
+    result = run(*args)
+    assert (result.returncode, result.stderr, result.stdout) == (2, message + "\n", "")
+
+
+def test_bad_flag_values_reported_per_flag() -> None:
+    """Bad option values are exit 2, one line per problem naming the flag; nothing is started."""
+    result = run("--ttl", "x", "--listen", "nowhere", "-c", str(SAMPLE))
+    assert result.returncode == 2
+    assert sorted(result.stderr.splitlines()) == [
+        "dockerdns: --listen: expected HOST:PORT, got 'nowhere'",
+        "dockerdns: --ttl: expected an integer, got 'x'",
+    ]
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    """A bad config file is exit 2 with one stderr line per problem, each naming its key."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("ttl: abc\nforward:\n  upstreams: [192.0.2.1, x]\n  foo: 1\n")
+    for args in (["-c", str(path)], ["check-config", "-c", str(path)]):
+        result = run(*args)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert result.stderr.splitlines() == [
+            "dockerdns: forward.foo: unknown key",
+            "dockerdns: ttl: expected an integer, got 'abc'",
+            "dockerdns: forward.upstreams[1]: expected HOST[:PORT], got 'x'",
+        ]
+
+
+def test_check_config_ok() -> None:
+    """check-config of a good file prints `<file>: ok` and exits 0."""
+    result = run("check-config", "-c", str(SAMPLE))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{SAMPLE}: ok\n", "")
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    """check-config of a missing file is exit 2 with one line naming the file."""
+    missing = tmp_path / "nope.yaml"
+    result = run("check-config", "-c", str(missing))
+    assert (result.returncode, result.stderr, result.stdout) == (2, f"dockerdns: {missing}: no such file\n", "")
+
+
+def test_check_config_yaml_error(tmp_path: Path) -> None:
+    """check-config of a file that does not parse names the file and line."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("ttl: 5\nlisten: a: b\n")
+    result = run("check-config", "-c", str(path))
+    assert (result.returncode, result.stderr) == (2, f"dockerdns: {path}:2: mapping values are not allowed here\n")
