@@ -422,10 +422,14 @@ def test_lost_connection_keeps_records_then_resyncs(
     wait_for(lambda: newcomer.id in table.snapshot.by_owner, what="the newcomer after the re-sync")
     wait_for(lambda: leaver.id not in table.snapshot.by_owner, what="the leaver to go")
     assert addresses(table, "gateway.docker.") == {"192.0.2.53"}, "static records are kept"
-    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-    lost = [m for m in messages if m.startswith("docker: lost the connection")]
-    assert len(lost) == 1, messages
-    assert sum(m.startswith("docker: connected") for m in messages) == 2
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+    # The "connected" line follows the table swap; wait for it, do not race it.
+    wait_for(lambda: sum(m.startswith("docker: connected") for m in messages()) == 2, what="a second 'connected'")
+    lost = [m for m in messages() if m.startswith("docker: lost the connection")]
+    assert len(lost) == 1, messages()
 
 
 def test_daemon_restart(run_source: Callable[..., tuple[DockerSource, RecordTable]],
