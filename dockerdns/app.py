@@ -26,6 +26,8 @@ from .records import STATIC, Record, zone_name
 from .resolver import Policy
 from .responder import Responder
 from .servers import BindError, TcpServer, UdpServer, bind
+from .stats import Stats
+from .status import StatusServer, View
 from .table import RecordTable
 
 log = logging.getLogger("dockerdns")
@@ -52,8 +54,10 @@ class App:
         self.table = RecordTable(settings.domain)
         self.table.replace(STATIC, settings.records)
         self.forwarder = Forwarder(settings.forward.upstreams)
-        self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings))
+        self.stats = Stats()
+        self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
         self.servers: list[UdpServer | TcpServer] = []
+        self.status: StatusServer | None = None
         self._bridge: dict[int, tuple[str, list[UdpServer | TcpServer]]] = {}  # port -> (gateway, servers)
         self._lock = threading.Lock()
         self.source: Any = None
@@ -61,6 +65,7 @@ class App:
             from .docker_source import DockerSource
 
             self.source = DockerSource(settings, self.table, on_gateway=self._on_gateway)
+            self.source.on_propagation = self.stats.propagation.observe
 
     def _forwarder_for(self, settings: Settings) -> Forwarder | None:
         return self.forwarder if settings.forward.enabled else None
@@ -71,11 +76,16 @@ class App:
             for address in self.settings.listen:
                 if address.host != BRIDGE:
                     self.servers.extend(self._bind_pair(address))
+            if self.settings.http.listen is not None:
+                self.status = self._bind_status(self.settings.http.listen)
         except BindError as err:
             self._close(self.servers)
             raise StartError(str(err)) from err
         for server in self.servers:
             server.start()
+        if self.status is not None:
+            self.status.start()
+            log.info("HTTP status on http://%s/ (records, healthz, metrics)", self.status.address)
         log.info("listening on %s", ", ".join(sorted({str(s.address) for s in self.servers})) or "nothing yet")
         if any(a.host == BRIDGE for a in self.settings.listen):
             log.info("waiting for Docker to tell the bridge gateway address")
@@ -92,6 +102,41 @@ class App:
             udp.close()
             raise
         return [UdpServer(udp, self.responder), TcpServer(tcp, self.responder)]
+
+    def _bind_status(self, address: Address) -> StatusServer:
+        view = View(
+            snapshot=lambda: self.table.snapshot,
+            rows=lambda snapshot: record_rows(snapshot.records()),
+            health=self.health,
+            stats=self.stats,
+            source=lambda: self.source,
+            forwarder=lambda: self.responder.forwarder,
+        )
+        try:
+            return StatusServer(address, view)
+        except OSError as err:
+            raise BindError(f"cannot listen on {address} (HTTP): {err.strerror}; check --http") from err
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy when every DNS socket is bound and the table is in sync with Docker."""
+        problems = []
+        wants_bridge = any(a.host == BRIDGE for a in self.settings.listen)
+        with self._lock:
+            bridge_bound = bool(self._bridge)
+        if wants_bridge and not bridge_bound:
+            problems.append("the Docker bridge address is not bound yet")
+        if self.source is not None and not self.source.in_sync:
+            problems.append("not in sync with Docker")
+        snapshot = self.table.snapshot
+        details: dict[str, object] = {
+            "status": "unavailable" if problems else "ok",
+            "listening": [str(a) for a in self.addresses()],
+            "docker": "in sync" if self.source is not None and self.source.in_sync else "not in sync",
+            "records": sum(len(recs) for recs in snapshot.by_owner.values()),
+        }
+        if problems:
+            details["reason"] = "; ".join(problems)
+        return not problems, details
 
     def _on_gateway(self, gateway: str) -> None:
         """Docker told us the default bridge's gateway: serve `bridge:PORT` there."""
@@ -142,6 +187,8 @@ class App:
                 self._close(pair)
             self._bridge.clear()
         self._close(self.servers)
+        if self.status is not None:
+            self.status.stop()
         self.forwarder.close()
 
     @staticmethod

@@ -26,12 +26,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from dnslib import RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSRecord
 
 from . import wire
 from .forwarder import Forwarder
 from .resolver import Answer, Policy, client_allowed, failure, resolve
 from .servers import Reply
+from .stats import Stats, qtype_label
 from .table import RecordTable, Snapshot
 
 log = logging.getLogger("dockerdns.query")
@@ -41,6 +42,7 @@ MAX_CACHED = 20000  # ready-made answers; past it the cache starts over
 MAX_ROTATIONS = 8  # pre-built orders of a multi-address answer
 
 ClientClass = tuple[bool, frozenset[str]]
+Entry = tuple[bytes | tuple[bytes, ...], itertools.count]  # ready answer(s), the counter of their labels
 
 
 class Sparse:
@@ -65,68 +67,87 @@ class Sparse:
 class Responder:
     """Answers queries from the table; forwards what is not ours."""
 
-    def __init__(self, table: RecordTable, policy: Policy, forwarder: Forwarder | None):
+    def __init__(self, table: RecordTable, policy: Policy, forwarder: Forwarder | None, stats: Stats | None = None):
         self.table = table
         self.policy = policy
         self.forwarder = forwarder
+        self.stats = stats or Stats()
         self._turns = itertools.count()  # next() is atomic in CPython: rotation without a lock
         self._state: tuple[object, object] = (None, None)  # (snapshot, policy) the cache was made for
-        self._answers: dict[tuple[ClientClass, bytes], bytes | tuple[bytes, ...]] = {}
+        self._answers: dict[tuple[ClientClass, bytes], Entry] = {}
         self._classes: dict[str, ClientClass] = {}
         self._overflow = Sparse("forward: too many queries in flight, answering SERVFAIL")
         self._upstream_failed = Sparse("forward: no upstream answered, answering SERVFAIL")
 
     def fast(self, data: bytes, client: str) -> bytes | None:
         """The ready-made UDP answer to `data` from `client`, or None (then call `handle`)."""
+        started = time.perf_counter()
         state = self._state
         if self.table.snapshot is not state[0] or self.policy is not state[1]:
             return None
         cls = self._classes.get(client)
         if cls is None:
             return None
-        answer = self._answers.get((cls, data[2:]))
-        if answer is None:
+        entry = self._answers.get((cls, data[2:]))
+        if entry is None:
             return None
+        answer, counter = entry
+        next(counter)
         if isinstance(answer, bytes):
-            return data[:2] + answer
-        return data[:2] + answer[next(self._turns) % len(answer)]
+            out = data[:2] + answer
+        else:
+            out = data[:2] + answer[next(self._turns) % len(answer)]
+        self.stats.latency.observe(time.perf_counter() - started)
+        return out
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
+        started = time.perf_counter()
         query = wire.decode(data)
         if query is None:
+            next(self.stats.dropped)
             return
         if isinstance(query, wire.Malformed):
+            next(self.stats.counter("other", transport, "FORMERR"))
             reply(query.reply)
             return
+        qtype = qtype_label(QTYPE.get(query.q.qtype)) if query.questions else "other"
         limit = wire.udp_limit(query) if transport == "udp" else wire.TCP_LIMIT
+
+        def send(answer: bytes) -> itertools.count:
+            counter = self.stats.counter(qtype, transport, RCODE.get(answer[3] & 0x0F, "other"))
+            next(counter)
+            reply(answer)
+            self.stats.latency.observe(time.perf_counter() - started)
+            return counter
+
         snapshot, policy = self.table.snapshot, self.policy
         outcome = resolve(query, snapshot, client, policy, next(self._turns))
         if isinstance(outcome, Answer):
             answer = wire.encode(outcome.message, limit)
-            reply(answer)
+            counter = send(answer)
             if transport == "udp":
-                self._keep(data, client, query, answer, len(outcome.message.rr), snapshot, policy)
+                self._keep(data, client, query, answer, counter, len(outcome.message.rr), snapshot, policy)
             return
         forwarder = self.forwarder
         if forwarder is None or not forwarder.upstreams:
-            reply(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+            send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             return
 
         def done(answer: bytes | None) -> None:
             if answer is None:
                 self._upstream_failed()
-                reply(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+                send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             elif len(answer) > limit:
-                reply(_truncated(answer, query, limit))
+                send(_truncated(answer, query, limit))
             else:
-                reply(answer)
+                send(answer)
 
         if not forwarder.submit(query, data, done):
             self._overflow()
-            reply(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+            send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
 
-    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, count: int,
-              snapshot: Snapshot, policy: Policy) -> None:
+    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, counter: itertools.count,
+              count: int, snapshot: Snapshot, policy: Policy) -> None:
         """Remember the answer to `data` for the fast path (Rule 1)."""
         if snapshot is not self._state[0] or policy is not self._state[1]:
             self._answers, self._classes = {}, {}
@@ -145,7 +166,8 @@ class Responder:
             outcome = resolve(query, snapshot, client, policy, turn)
             if isinstance(outcome, Answer):
                 orders.add(wire.encode(outcome.message, limit)[2:])
-        self._answers[(cls, data[2:])] = orders.pop() if len(orders) == 1 else tuple(sorted(orders))
+        ready = orders.pop() if len(orders) == 1 else tuple(sorted(orders))
+        self._answers[(cls, data[2:])] = (ready, counter)
 
 
 def _truncated(answer: bytes, query: DNSRecord, limit: int) -> bytes:

@@ -1,0 +1,82 @@
+"""Counters for the status API, cheap enough for the fast path.
+
+Rule: a counter is an `itertools.count`, whose `next()` is one atomic C
+call under CPython's GIL; its value is read only when somebody scrapes
+/metrics. Histograms are a fixed list of such counters, one per bucket, plus
+a running sum, the only thing behind a (never contended for long) lock.
+
+Thread-safety: every method may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+from collections.abc import Sequence
+
+# Seconds. Answers from memory take microseconds, forwarded ones milliseconds.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0)
+PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def value(counter: itertools.count) -> int:
+    """The next value `counter` would give, without taking it."""
+    return int(counter.__reduce__()[1][0])
+
+
+class Histogram:
+    """Bucketed observations; `observe` is lock-free but for the running sum."""
+
+    def __init__(self, buckets: Sequence[float]):
+        self.buckets = tuple(buckets)
+        self._counts = [itertools.count() for _ in range(len(self.buckets) + 1)]  # last: +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        next(self._counts[bisect.bisect_left(self.buckets, seconds)])
+        with self._lock:
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative (le, count) pairs, +Inf last, and the sum."""
+        running, out = 0, []
+        for bound, counter in zip([*map(str, self.buckets), "+Inf"], self._counts):
+            running += value(counter)
+            out.append((bound, running))
+        return out, self._sum
+
+
+QTYPES = frozenset(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "ANY", "HTTPS", "SVCB", "CAA",
+                    "DS", "DNSKEY", "AXFR", "IXFR", "NAPTR"))
+
+
+def qtype_label(name: str) -> str:
+    """A bounded label: hostile clients must not mint a metric per type number."""
+    return name if name in QTYPES else "other"
+
+
+class Stats:
+    """What the server counts about itself."""
+
+    def __init__(self) -> None:
+        self._queries: dict[tuple[str, str, str], itertools.count] = {}
+        self._lock = threading.Lock()
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.propagation = Histogram(PROPAGATION_BUCKETS)
+        self.dropped = itertools.count()  # packets dropped unanswered (too short, responses)
+        self.rate_limited = itertools.count()
+
+    def counter(self, qtype: str, transport: str, rcode: str) -> itertools.count:
+        """The counter of queries with these labels (kept by the fast path's entries)."""
+        key = (qtype, transport, rcode)
+        found = self._queries.get(key)
+        if found is None:
+            with self._lock:
+                found = self._queries.setdefault(key, itertools.count())
+        return found
+
+    def queries(self) -> list[tuple[tuple[str, str, str], int]]:
+        return sorted((key, value(counter)) for key, counter in list(self._queries.items()))
