@@ -11,8 +11,12 @@ Rule 1 (the fast path): a UDP answer depends only on the query's bytes
         query costs a dict lookup and an id patch. Rotation is a few
         pre-built orders taken in turn. A new snapshot or policy empties
         the cache; it never serves an answer the slow path would not give.
-Rule 2: everything else (first sight of a query, TCP, forwarding, FORMERR)
-        takes the slow path through wire and resolver.
+Rule 2: upstream answers to UDP queries are kept the same way, for as long
+        as their TTLs allow (negative ones by their SOA minimum, RFC 2308),
+        and served with their TTLs aged. They go with the rest when the
+        table changes: a name forwarded yesterday may be a container today.
+Rule 3: everything else (first sight of a query, TCP, FORMERR) takes the
+        slow path through wire and resolver.
 
 Thread-safety: `handle` and `fast` may be called from any number of threads
 at once. `policy` and `forwarder.upstreams` are replaced whole on reload; a
@@ -42,7 +46,11 @@ MAX_CACHED = 20000  # ready-made answers; past it the cache starts over
 MAX_ROTATIONS = 8  # pre-built orders of a multi-address answer
 
 ClientClass = tuple[bool, frozenset[str]]
-Entry = tuple[bytes | tuple[bytes, ...], itertools.count]  # ready answer(s), the counter of their labels
+# A local answer: (ready answer or pre-built orders, the counter of its labels).
+# An upstream answer: (answer, counter, kept at, expires at, its TTL fields).
+Local = tuple[bytes | tuple[bytes, ...], itertools.count]
+Upstream = tuple[bytes, itertools.count, float, float, tuple[tuple[int, int], ...]]
+Entry = Local | Upstream
 
 
 class Sparse:
@@ -91,12 +99,19 @@ class Responder:
         entry = self._answers.get((cls, data[2:]))
         if entry is None:
             return None
-        answer, counter = entry
-        next(counter)
-        if isinstance(answer, bytes):
-            out = data[:2] + answer
+        if len(entry) == 2:
+            answer, counter = entry
+            if isinstance(answer, bytes):
+                out = data[:2] + answer
+            else:
+                out = data[:2] + answer[next(self._turns) % len(answer)]
         else:
-            out = data[:2] + answer[next(self._turns) % len(answer)]
+            kept, counter, at, expires, ttls = entry
+            now = time.monotonic()
+            if now >= expires:
+                return None
+            out = data[:2] + wire.aged(kept, ttls, int(now - at))[2:]
+        next(counter)
         self.stats.latency.observe(time.perf_counter() - started)
         return out
 
@@ -140,15 +155,16 @@ class Responder:
             elif len(answer) > limit:
                 send(_truncated(answer, query, limit))
             else:
-                send(answer)
+                counter = send(answer)
+                if transport == "udp":
+                    self._keep_upstream(data, client, answer, counter, snapshot, policy)
 
         if not forwarder.submit(query, data, done):
             self._overflow()
             send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
 
-    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, counter: itertools.count,
-              count: int, snapshot: Snapshot, policy: Policy) -> None:
-        """Remember the answer to `data` for the fast path (Rule 1)."""
+    def _client_class(self, client: str, snapshot: Snapshot, policy: Policy) -> ClientClass:
+        """The client's class for the cache key, the cache made current first."""
         if snapshot is not self._state[0] or policy is not self._state[1]:
             self._answers, self._classes = {}, {}
             self._state = (snapshot, policy)
@@ -160,6 +176,24 @@ class Responder:
             if len(self._classes) >= MAX_CACHED:
                 self._classes = {}
             self._classes[client] = cls
+        return cls
+
+    def _keep_upstream(self, data: bytes, client: str, answer: bytes, counter: itertools.count,
+                       snapshot: Snapshot, policy: Policy) -> None:
+        """Remember an upstream answer for as long as its TTLs allow (Rule 2)."""
+        if snapshot is not self.table.snapshot or policy is not self.policy:
+            return  # the table moved on while the upstream was asked
+        keep = wire.cacheable(answer)
+        if keep is None:
+            return
+        cls = self._client_class(client, snapshot, policy)
+        now = time.monotonic()
+        self._answers[(cls, data[2:])] = (answer, counter, now, now + keep.ttl, keep.ttls)
+
+    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, counter: itertools.count,
+              count: int, snapshot: Snapshot, policy: Policy) -> None:
+        """Remember the answer to `data` for the fast path (Rule 1)."""
+        cls = self._client_class(client, snapshot, policy)
         limit = wire.udp_limit(query)
         orders = {answer[2:]}
         for turn in range(1, min(count, MAX_ROTATIONS)):

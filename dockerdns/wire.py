@@ -65,3 +65,82 @@ def encode(reply: DNSRecord, limit: int = TCP_LIMIT) -> bytes:
         if rr.rtype == QTYPE.OPT:
             cut.add_ar(rr)
     return bytes(cut.pack())
+
+
+OPT = 41
+SOA = 6
+MAX_CACHE_TTL = 3600  # seconds: an upstream answer is kept at most this long
+
+
+@dataclass(frozen=True)
+class Cacheable:
+    """An upstream answer that may be served again: for how long, and where its TTLs sit."""
+
+    ttl: int
+    ttls: tuple[tuple[int, int], ...]  # (offset of a record's TTL field, its TTL as received)
+
+
+def cacheable(data: bytes) -> Cacheable | None:
+    """How long `data` (an upstream answer) may be kept, RFC 2181 section 5.2 and RFC 2308; None: not at all.
+
+    Positive answers live as long as their shortest TTL; NXDOMAIN and NODATA
+    as long as the SOA in authority says (the lesser of its TTL and its
+    minimum). Truncated answers, failures and negatives without a SOA are
+    not kept.
+    """
+    try:
+        flags, qd, an, ns, ar = struct.unpack_from("!HHHHH", data, 2)
+        rcode = flags & 0x0F
+        if flags & 0x0200 or rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+            return None
+        pos = HEADER_LEN
+        for _ in range(qd):
+            pos = _skip_name(data, pos) + 4
+        ttls: list[tuple[int, int]] = []
+        section_ttls: list[int] = []
+        negative_ttl: int | None = None
+        for index in range(an + ns + ar):
+            pos = _skip_name(data, pos)
+            rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
+            end = pos + 10 + rdlen
+            if end > len(data):
+                return None
+            if rtype != OPT:
+                ttls.append((pos + 4, ttl))
+                if index < an + ns:
+                    section_ttls.append(ttl)
+                if rtype == SOA and an <= index < an + ns:
+                    (minimum,) = struct.unpack_from("!I", data, end - 4)
+                    negative_ttl = min(ttl, minimum)
+            pos = end
+    except (struct.error, IndexError):
+        return None
+    if rcode == RCODE.NOERROR and an:
+        ttl = min(section_ttls)
+    elif negative_ttl is not None:
+        ttl = negative_ttl
+    else:
+        return None
+    ttl = min(ttl, MAX_CACHE_TTL)
+    return Cacheable(ttl, tuple(ttls)) if ttl > 0 else None
+
+
+def aged(data: bytes, ttls: tuple[tuple[int, int], ...], elapsed: int) -> bytes:
+    """`data` with every TTL lowered by `elapsed` seconds, as a cache must (RFC 1035 section 6.1.2)."""
+    if elapsed <= 0:
+        return data
+    buf = bytearray(data)
+    for offset, ttl in ttls:
+        struct.pack_into("!I", buf, offset, max(ttl - elapsed, 0))
+    return bytes(buf)
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """The offset just past the name at `pos` (a compression pointer ends it)."""
+    while True:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        pos += length + 1

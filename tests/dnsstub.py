@@ -69,6 +69,10 @@ class StubUpstream:
                     reply.add_answer(rr)
             if not matches:
                 reply.header.rcode = RCODE.NXDOMAIN
+                qname = str(query.q.qname).lower()
+                for rr in self.records:
+                    if rr.rtype == QTYPE.SOA and qname.endswith("." + str(rr.rname).lower()):
+                        reply.add_auth(rr)  # RFC 2308: the SOA tells how long the absence may be kept
         packed = reply.pack()
         if transport == "udp" and len(packed) > 512:
             packed = reply.truncate().pack()

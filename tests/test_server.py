@@ -326,3 +326,48 @@ def test_ready_made_answers_follow_the_table(upstream: StubUpstream) -> None:
         assert udp(addr, "GateWay.docker").rcode() == dns.rcode.NXDOMAIN
     finally:
         app.stop()
+
+
+def test_upstream_answers_kept_for_their_ttl(server: tuple[str, int], upstream: StubUpstream) -> None:
+    """A repeated outside name is answered from the cache with the client's id; the upstream is asked once."""
+    for ident in (10, 11, 12):
+        query = dns.message.make_query("www.example.org", "A", id=ident)
+        msg = dns.query.udp(query, server[0], port=server[1], timeout=5)
+        assert msg.id == ident and values(msg) == ["192.0.2.11"]
+        assert 0 < msg.answer[0].ttl <= 300
+    assert [s.qname for s in upstream.seen] == ["www.example.org."]
+
+
+def test_negative_upstream_answers_kept_by_soa_minimum() -> None:
+    """NXDOMAIN from upstream with a SOA is kept (by the SOA minimum); without a SOA it is asked again."""
+    stub = StubUpstream("example.net. 300 IN SOA ns.example.net. h.example.net. 1 2 3 4 60\n"
+                        "example.net. 300 IN A 192.0.2.1")
+    app = App(settings(forward=ForwardSettings(True, (Address("127.0.0.1", stub.port),))), docker=False)
+    app.start()
+    try:
+        addr = (app.addresses()[0].host, app.addresses()[0].port)
+        for _ in range(3):
+            msg = udp(addr, "nope.example.net")
+            assert msg.rcode() == dns.rcode.NXDOMAIN and msg.authority[0].ttl <= 300
+        for _ in range(2):
+            assert udp(addr, "nope.example.org").rcode() == dns.rcode.NXDOMAIN
+        assert len([s for s in stub.seen if s.qname == "nope.example.net."]) == 1  # kept
+        assert len([s for s in stub.seen if s.qname == "nope.example.org."]) == 2  # no SOA: not kept
+    finally:
+        app.stop()
+        stub.close()
+
+
+def test_cached_upstream_answer_gives_way_to_a_new_container(upstream: StubUpstream) -> None:
+    """A single label forwarded once is answered from the zone as soon as the table holds it."""
+    app = App(settings(forward=ForwardSettings(True, (Address("127.0.0.1", upstream.port),))), docker=False)
+    app.start()
+    try:
+        addr = (app.addresses()[0].host, app.addresses()[0].port)
+        assert values(udp(addr, "example.org")) == ["192.0.2.10"]
+        assert values(udp(addr, "example.org")) == ["192.0.2.10"]
+        assert len(upstream.seen) == 1
+        app.table.replace("c1", [Record("example.org.", "A", "10.0.0.7", 5, "c1", "ext")])
+        assert values(udp(addr, "example.org")) == ["10.0.0.7"]
+    finally:
+        app.stop()

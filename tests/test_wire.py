@@ -113,3 +113,30 @@ def _decode_and_resolve(data: bytes) -> None:
 def test_rr_roundtrip_sanity() -> None:
     """dnslib's zone parser reads the record forms the table holds."""
     assert RR.fromZone("x.docker. 5 IN A 10.0.0.1")[0].rtype == QTYPE.A
+
+
+def test_cacheable_positive_takes_shortest_ttl_and_ages() -> None:
+    """A positive upstream answer is kept for its shortest TTL, and its TTLs age when served."""
+    reply = DNSRecord.question("example.org").reply()
+    reply.add_answer(*RR.fromZone("example.org. 300 IN A 192.0.2.1\nexample.org. 60 IN A 192.0.2.2"))
+    reply.add_ar(EDNS0(udp_len=1232))
+    data = bytes(reply.pack())
+    keep = wire.cacheable(data)
+    assert keep is not None and keep.ttl == 60
+    assert [rr.ttl for rr in DNSRecord.parse(wire.aged(data, keep.ttls, 100)).rr] == [200, 0]
+    assert [rr.rtype for rr in DNSRecord.parse(wire.aged(data, keep.ttls, 100)).ar] == [QTYPE.OPT]
+
+
+def test_cacheable_refuses_failures_truncation_and_bare_negatives() -> None:
+    """SERVFAIL, TC and an NXDOMAIN without a SOA are never kept; with a SOA, by min(TTL, minimum)."""
+    reply = DNSRecord.question("x.example.org").reply()
+    reply.header.rcode = RCODE.SERVFAIL
+    assert wire.cacheable(bytes(reply.pack())) is None
+    reply.header.rcode = RCODE.NXDOMAIN
+    assert wire.cacheable(bytes(reply.pack())) is None
+    reply.add_auth(*RR.fromZone("example.org. 30 IN SOA ns. h. 1 2 3 4 900"))
+    keep = wire.cacheable(bytes(reply.pack()))
+    assert keep is not None and keep.ttl == 30
+    reply.header.rcode = RCODE.NOERROR
+    reply.header.tc = 1
+    assert wire.cacheable(bytes(reply.pack())) is None
