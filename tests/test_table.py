@@ -1,0 +1,82 @@
+"""The record table: owners replaced whole, names derived, snapshots immutable."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dockerdns.records import Record
+from dockerdns.table import RecordTable, ShardedMap
+
+
+def rec(name: str, value: str, owner: str, network: str | None = None, subnet: str | None = None) -> Record:
+    return Record(name, "A", value, 5, owner, owner, network, subnet)
+
+
+def test_old_snapshot_never_changes() -> None:
+    """A reader holding a snapshot keeps seeing exactly it while writers go on."""
+    table = RecordTable()
+    table.replace("c1", [rec("web.docker.", "10.0.0.2", "c1")])
+    before = table.snapshot
+    table.replace("c1", [rec("web.docker.", "10.0.0.3", "c1")])
+    table.replace("c2", [rec("db.docker.", "10.0.0.4", "c2")])
+    assert [r.value for r in before.names["web.docker."]["A"]] == ["10.0.0.2"]
+    assert "db.docker." not in before.names and "db.docker." in table.snapshot.names
+    assert table.snapshot.generation == before.generation + 2
+
+
+def test_shared_name_survives_one_owner() -> None:
+    """Two owners of one name: removing one keeps the other's records."""
+    table = RecordTable()
+    table.replace("c1", [rec("db.docker.", "10.0.0.2", "c1")])
+    table.replace("c2", [rec("db.docker.", "10.0.0.3", "c2")])
+    table.remove("c1")
+    assert [r.value for r in table.snapshot.names["db.docker."]["A"]] == ["10.0.0.3"]
+
+
+def test_empty_non_terminals_counted() -> None:
+    """Ancestors of a name exist while any name below them does, and no longer."""
+    table = RecordTable()
+    table.replace("c1", [rec("web.shop.docker.", "10.0.0.2", "c1")])
+    table.replace("c2", [rec("db.shop.docker.", "10.0.0.3", "c2")])
+    assert table.snapshot.exists("shop.docker.")
+    table.remove("c1")
+    assert table.snapshot.exists("shop.docker.")
+    table.remove("c2")
+    assert not table.snapshot.exists("shop.docker.") and len(table.snapshot.names) == 0
+
+
+def test_replace_all_drops_vanished_owners_keeps_static() -> None:
+    """A re-sync removes owners that are gone, adds new ones, and keeps the static records."""
+    table = RecordTable()
+    table.replace("static", [rec("gw.docker.", "172.17.0.1", "static")])
+    table.replace("old", [rec("old.docker.", "10.0.0.2", "old")])
+    table.replace_all({"new": [rec("new.docker.", "10.0.0.3", "new")]})
+    assert sorted(table.snapshot.by_owner) == ["new", "static"]
+    assert "old.docker." not in table.snapshot.names
+
+
+def test_subnets_follow_records() -> None:
+    """The networks of a client address are known while records on them exist."""
+    table = RecordTable()
+    table.replace("c1", [rec("web.docker.", "10.1.0.2", "c1", "front", "10.1.0.0/24")])
+    assert table.snapshot.networks_of("10.1.0.77") == frozenset({"front"})
+    table.remove("c1")
+    assert table.snapshot.subnets == () and ipaddress.ip_address("10.1.0.77")
+
+
+def test_unchanged_replace_keeps_the_snapshot() -> None:
+    """Replacing an owner with the same records publishes no new snapshot (the fast path stays warm)."""
+    table = RecordTable()
+    table.replace("c1", [rec("web.docker.", "10.0.0.2", "c1")])
+    before = table.snapshot
+    table.replace("c1", [rec("web.docker.", "10.0.0.2", "c1")])
+    assert table.snapshot is before
+
+
+def test_sharded_map_evolve() -> None:
+    """evolve adds, replaces and removes keys and leaves the original untouched."""
+    base: ShardedMap[int] = ShardedMap().evolve({f"k{i}": i for i in range(1000)})
+    changed = base.evolve({"k1": 100, "new": 7})
+    assert len(base) == 1000 and base["k1"] == 1 and "new" not in base
+    assert len(changed) == 1001 and changed["k1"] == 100 and changed.get("new") == 7
+    assert sorted(changed)[:2] == ["k0", "k1"]
