@@ -200,12 +200,14 @@ class App:
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def serve(load: Callable[[], Settings]) -> int:
+def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; `load` reads the config again on SIGHUP.
 
-    Returns 0 on a clean stop; raises StartError when a socket cannot be bound.
+    `settings` are the ones already loaded, if any. Returns 0 on a clean
+    stop; raises StartError when a socket cannot be bound.
     """
-    settings = load()
+    if settings is None:
+        settings = load()
     # Signals are taken synchronously by this thread; every thread started
     # from here on inherits the mask, so none of them is interrupted.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGHUP})

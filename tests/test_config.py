@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dockerdns import config
-from dockerdns.config import DEFAULT_ALLOW, DEFAULT_LISTEN, Address, ConfigError, Settings
+from dockerdns.config import DEFAULT_ALLOW, DEFAULT_LISTEN, Address, ConfigError, RateLimitSettings, Settings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "conf" / "dockerdns.yaml"
 RESOLV = "nameserver 192.0.2.53\n"
@@ -89,6 +89,12 @@ YAML_SETTINGS: list[tuple[str, str, Field, object]] = [
      (5, "docker", DEFAULT_LISTEN)),
     ("null section takes its defaults", "forward:\nlog:", lambda s: (s.forward.enabled, s.log.level), (True, "info")),
     ("records absent: none", "ttl: 5", lambda s: s.records, ()),
+    ("rate_limit", "rate_limit: {responses_per_second: 20, slip: 0, window: 1}", lambda s: s.rate_limit,
+     RateLimitSettings(responses_per_second=20, slip=0, window=1)),
+    ("rate_limit 0 is off", "rate_limit: {responses_per_second: 0}", lambda s: s.rate_limit.responses_per_second, 0),
+    ("rate_limit keys left out keep defaults", "rate_limit: {slip: 1}", lambda s: s.rate_limit,
+     RateLimitSettings(slip=1)),
+    ("null rate_limit section takes its defaults", "rate_limit:", lambda s: s.rate_limit, RateLimitSettings()),
 ]
 
 
@@ -109,6 +115,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert settings.forward.enabled is True
     assert settings.forward.upstreams == (Address("192.0.2.53", 53),)
     assert (settings.http.listen, settings.log.level, settings.records) == (None, "info", ())
+    assert settings.rate_limit == RateLimitSettings(responses_per_second=1000, slip=2, window=15)
     assert settings.config_file == str(tmp_path / "dockerdns.yaml")
 
 
@@ -185,6 +192,18 @@ YAML_PROBLEMS: list[tuple[str, str, list[str]]] = [
     ("http.listen needs a port", "http: {listen: 127.0.0.1}", ["http.listen: expected HOST:PORT, got '127.0.0.1'"]),
     ("log.level unknown", "log: {level: verbose}",
      ["log.level: expected one of debug, info, warning, error, got 'verbose'"]),
+    ("rate_limit negative", "rate_limit: {responses_per_second: -1}",
+     ["rate_limit.responses_per_second: expected an integer from 0 to 1000000, got -1"]),
+    ("rate_limit not an integer", "rate_limit: {responses_per_second: lots}",
+     ["rate_limit.responses_per_second: expected an integer, got 'lots'"]),
+    ("rate_limit boolean", "rate_limit: {responses_per_second: true}",
+     ["rate_limit.responses_per_second: expected an integer, got true"]),
+    ("rate_limit.slip too large", "rate_limit: {slip: 11}",
+     ["rate_limit.slip: expected an integer from 0 to 10, got 11"]),
+    ("rate_limit.window 0", "rate_limit: {window: 0}",
+     ["rate_limit.window: expected an integer from 1 to 3600, got 0"]),
+    ("rate_limit unknown key", "rate_limit: {burst: 5}", ["rate_limit.burst: unknown key"]),
+    ("rate_limit not a mapping", "rate_limit: 100", ["rate_limit: expected a mapping, got 100"]),
     ("records not a list", "records: {name: a}", ["records: expected a list, got {'name': 'a'}"]),
     ("record not a mapping", "records: [x]", ["records[0]: expected a mapping with name, type and value, got 'x'"]),
     ("record missing keys", "records: [{ttl: 5}]",
@@ -248,7 +267,9 @@ def test_all_problems_reported_together(tmp_path: Path) -> None:
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     """A file that does not parse is one problem: file:line: message."""
     path = tmp_path / "dockerdns.yaml"
-    assert problems_of(tmp_path, "ttl: 5\nlisten: a: b\n") == [f"{path}:2: mapping values are not allowed here"]
+    problems = problems_of(tmp_path, "ttl: 5\nlisten: a: b\n")
+    # libyaml says "... in this context", pure-Python PyYAML "... here".
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: mapping values are not allowed")
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
@@ -328,6 +349,14 @@ def test_sample_config_shows_defaults(tmp_path: Path) -> None:
     assert (sample.domain, sample.ttl, sample.docker, sample.forward, sample.external_names, sample.http,
             sample.log) == (defaults.domain, defaults.ttl, defaults.docker, defaults.forward, defaults.external_names,
                             defaults.http, defaults.log)
+    assert sample.rate_limit == defaults.rate_limit == RateLimitSettings()
+
+
+def test_sample_config_names_every_key() -> None:
+    """Every key dockerdns knows appears in the sample file, so none is undocumented."""
+    text = SAMPLE.read_text()
+    for key in config.FLAGS:
+        assert f"{key.rsplit('.', 1)[-1]}:" in text, key
 
 
 # --- Environment and flags -----------------------------------------------------
@@ -345,6 +374,9 @@ ENV_SETTINGS: list[tuple[str, str, Field, object]] = [
     ("DOCKERDNS_EXTERNAL_NAMES", "TRUE", lambda s: s.external_names, True),
     ("DOCKERDNS_HTTP_LISTEN", "0.0.0.0:5380", lambda s: s.http.listen, Address("0.0.0.0", 5380)),
     ("DOCKERDNS_LOG_LEVEL", "Debug", lambda s: s.log.level, "debug"),
+    ("DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", " 50 ", lambda s: s.rate_limit.responses_per_second, 50),
+    ("DOCKERDNS_RATE_LIMIT_SLIP", "0", lambda s: s.rate_limit.slip, 0),
+    ("DOCKERDNS_RATE_LIMIT_WINDOW", "30", lambda s: s.rate_limit.window, 30),
 ]
 
 
@@ -371,6 +403,9 @@ FLAG_SETTINGS: list[tuple[str, object, Field, object]] = [
     ("external_names", True, lambda s: s.external_names, True),
     ("http.listen", "127.0.0.1:5380", lambda s: s.http.listen, Address("127.0.0.1", 5380)),
     ("log.level", "error", lambda s: s.log.level, "error"),
+    ("rate_limit.responses_per_second", "0", lambda s: s.rate_limit.responses_per_second, 0),
+    ("rate_limit.slip", "1", lambda s: s.rate_limit.slip, 1),
+    ("rate_limit.window", "5", lambda s: s.rate_limit.window, 5),
 ]
 
 
@@ -392,6 +427,12 @@ SOURCE_PROBLEMS: list[tuple[str, dict[str, object], dict[str, str], list[str]]] 
     ("flag upstream", {"forward.upstreams": ["x"]}, {}, ["--upstream: expected HOST[:PORT], got 'x'"]),
     ("flag http", {"http.listen": "nope"}, {}, ["--http: expected HOST:PORT, got 'nope'"]),
     ("flag domain", {"domain": "a b"}, {}, ["--domain: expected a DNS name, got 'a b'"]),
+    ("flag rate limit", {"rate_limit.responses_per_second": "fast"}, {},
+     ["--rate-limit: expected an integer, got 'fast'"]),
+    ("env rate limit slip", {}, {"DOCKERDNS_RATE_LIMIT_SLIP": "-1"},
+     ["DOCKERDNS_RATE_LIMIT_SLIP: expected an integer from 0 to 10, got '-1'"]),
+    ("flag rate limit window", {"rate_limit.window": "0"}, {},
+     ["--rate-limit-window: expected an integer from 1 to 3600, got '0'"]),
 ]
 
 
@@ -516,4 +557,5 @@ def test_env_name() -> None:
         "DOCKERDNS_LISTEN", "DOCKERDNS_DOMAIN", "DOCKERDNS_TTL", "DOCKERDNS_DOCKER_URL",
         "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_ALLOW",
         "DOCKERDNS_EXTERNAL_NAMES", "DOCKERDNS_HTTP_LISTEN", "DOCKERDNS_LOG_LEVEL",
+        "DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", "DOCKERDNS_RATE_LIMIT_SLIP", "DOCKERDNS_RATE_LIMIT_WINDOW",
     ]
