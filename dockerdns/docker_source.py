@@ -11,7 +11,7 @@ Rule 2: an event only says which container to re-read. Events are handled one
         remove them when it is gone or no longer runs. Containers that share
         its network namespace (`--network container:<id>`) are re-read too.
 Rule 3: read-only: GET requests only (/version, /events, /containers/json,
-        /containers/<id>/json, /networks/bridge).
+        /containers/<id>/json, /networks/<id>).
 Rule 4: Docker going away is not an error of ours. The table keeps the last
         known records, one warning is logged, the connection is retried with
         exponential back-off (BACKOFF_FIRST doubling to BACKOFF_MAX) and, once
@@ -19,6 +19,14 @@ Rule 4: Docker going away is not an error of ours. The table keeps the last
         silence is never taken for a lost connection; only the end of the
         stream or an error is.
 Rule 5: the resolver never waits on this module: it reads only the table.
+Rule 6: a network `connect` comes ~250 ms before `docker start` returns,
+        while the engine still holds the container's lock (an inspect would
+        wait for the start to end). The network can be read at once: its
+        endpoint already has the new address. So a container seen before
+        (its last inspect is kept while it is stopped) is published right
+        then, with the networks connected so far, and the inspect after the
+        start replaces that with the whole truth. Like Docker's own DNS, the
+        new address is served before `docker start` returns.
 
 Thread-safety: DockerSource runs one daemon thread that does all Docker I/O
 and all table writes for containers. `start`, `stop` and `update_settings`
@@ -71,9 +79,11 @@ POOL_ABOVE = 8
 POOL_WORKERS = min(8, (os.cpu_count() or 1) - 1)
 #: Characters of the container id used in log lines (Docker's short id).
 SHORT_ID = 12
+#: Stopped containers whose last inspect is kept for Rule 6.
+MAX_STOPPED = 1000
 
 CONTAINER_ACTIONS = frozenset(
-    {"start", "die", "stop", "kill", "pause", "unpause", "rename", "destroy", "health_status"}
+    {"create", "start", "die", "stop", "kill", "pause", "unpause", "rename", "destroy", "health_status"}
 )
 NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
 EVENT_FILTERS = {
@@ -143,6 +153,8 @@ class DockerSource:
 
         self._lock = threading.Lock()  # guards the state below and table writes
         self._inspects: dict[str, Inspect] = {}  # running containers by id
+        self._stopped: dict[str, Inspect] = {}  # the last inspect of containers not running (Rule 6)
+        self._early: dict[str, dict[str, Inspect]] = {}  # id -> networks connected during a start
         self._dependents: dict[str, str] = {}  # id -> netns owner, as NetworkMode names it
         self._published: dict[str, tuple[Record, ...]] = {}  # what the table holds, by id
         self._names: dict[str, str] = {}  # id -> name, for log lines
@@ -240,6 +252,7 @@ class DockerSource:
         with self._lock:
             if self._stopping.is_set():
                 return
+            self._early.clear()  # starts seen half on the last connection: the sync has the truth
             self._publish_all(inspects)
         self.last_sync = self._clock()
         self._in_sync = True
@@ -259,6 +272,8 @@ class DockerSource:
         if cid is None:
             return
         self.events_handled += 1
+        if event.get("Type") == "network" and event.get("Action") == "connect":
+            self._publish_early(client, cid, event)
         self._refresh(client, cid)
         with self._lock:
             dependents = [dep for dep, owner in self._dependents.items() if _is(owner, cid, self._inspects)]
@@ -289,16 +304,49 @@ class DockerSource:
         with self._lock:
             if self._stopping.is_set():
                 return
+            self._early.pop(cid, None)
             if inspect is not None and _running(inspect):
                 self._remember(cid, inspect)
+                self._stopped.pop(cid, None)
             else:
                 self._forget(cid)
+                self._stopped.pop(cid, None)
+                if inspect is not None:
+                    self._stopped[cid] = inspect
+                    if len(self._stopped) > MAX_STOPPED:
+                        del self._stopped[next(iter(self._stopped))]
             self._publish(cid, inspect, owner)
             if inspect is None:
                 self._noted.pop(cid, None)
         gateway = _bridge_gateway(inspect) if inspect is not None and _running(inspect) else None
         if gateway is not None:
             self._report_gateway(gateway)
+
+    def _publish_early(self, client: Any, cid: str, event: Mapping[str, Any]) -> None:
+        """Rule 6: publish the address a network connect just gave, before the start ends."""
+        net_id = (event.get("Actor") or {}).get("ID")
+        with self._lock:
+            running = self._inspects.get(cid)
+            base = running or self._stopped.get(cid)
+        if base is None or not isinstance(net_id, str):
+            return
+        try:
+            network = client.inspect_network(net_id)
+        except docker.errors.NotFound:
+            return
+        endpoint = (network.get("Containers") or {}).get(cid)
+        name = network.get("Name")
+        if not isinstance(endpoint, Mapping) or not isinstance(name, str):
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            connected = self._early.setdefault(cid, {})
+            connected[name] = _endpoint_settings(base, name, net_id, endpoint)
+            provisional = _as_running(base, connected, keep_others=running is not None)
+            published = records_for_container(provisional, self._settings, _owner_of(provisional, self._inspects))
+            self._table.replace(cid, published.records)
+        log.debug("early: %s %s on %s", cid[:SHORT_ID], _name(base), name)
 
     # -- state, under self._lock ----------------------------------------------
 
@@ -325,7 +373,11 @@ class DockerSource:
             cid: records_for_container(inspect, self._settings, _owner_of(inspect, self._inspects))
             for cid, inspect in self._inspects.items()
         }
-        self._table.replace_all({cid: p.records for cid, p in published.items()})
+        starting = {  # Rule 6: containers published early, still starting
+            cid: records_for_container(_as_running(self._stopped[cid], nets, keep_others=False), self._settings).records
+            for cid, nets in self._early.items() if cid in self._stopped and cid not in published
+        }
+        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}})
         for cid in list(self._published):
             if cid not in published:
                 self._log_change(cid, self._names.get(cid, "?"), None)
@@ -488,6 +540,32 @@ def _event_container(event: Mapping[str, Any]) -> str | None:
     else:
         return None
     return cid if isinstance(cid, str) and cid else None
+
+
+def _endpoint_settings(base: Mapping[str, Any], network: str, net_id: str, endpoint: Mapping[str, Any]) -> Inspect:
+    """A container's Networks entry for `network`, from the network's own view of its endpoint."""
+    old = ((base.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+    ip4, _, len4 = str(endpoint.get("IPv4Address") or "").partition("/")
+    ip6, _, len6 = str(endpoint.get("IPv6Address") or "").partition("/")
+    return {
+        **old,
+        "NetworkID": net_id,
+        "IPAddress": ip4,
+        "IPPrefixLen": int(len4) if len4.isdigit() else 0,
+        "GlobalIPv6Address": ip6,
+        "GlobalIPv6PrefixLen": int(len6) if len6.isdigit() else 0,
+    }
+
+
+def _as_running(base: Mapping[str, Any], connected: Mapping[str, Inspect], keep_others: bool) -> Inspect:
+    """`base` as a running container on the `connected` networks (and its others, if it runs already)."""
+    settings = base.get("NetworkSettings") or {}
+    networks = {**(settings.get("Networks") or {}), **connected} if keep_others else dict(connected)
+    return {
+        **base,
+        "State": {**(base.get("State") or {}), "Running": True, "Paused": False, "Restarting": False},
+        "NetworkSettings": {**settings, "Networks": networks},
+    }
 
 
 def _running(inspect: Mapping[str, Any]) -> bool:

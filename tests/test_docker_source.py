@@ -461,3 +461,27 @@ def test_daemon_restart(run_source: Callable[..., tuple[DockerSource, RecordTabl
     assert addresses(table, "gateway.docker.") == {"192.0.2.53"}
     warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("docker: lost the connection"), warnings
+
+
+def test_restart_published_from_the_network_connect(synced: tuple[DockerSource, RecordTable],
+                                                    make_network: Callable[..., Any],
+                                                    make_container: Callable[..., Any],
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    wait_for: Callable[..., Any]) -> None:
+    """A known container's new address is published from its network connect, before its start event."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    source, table = synced
+    net = make_network("early")
+    db = make_container("early-db", network=net.name)
+    name = f"{db.name}.docker."
+    wait_for(lambda: addresses(table, name), what="the first address")
+    db.stop(timeout=0)
+    wait_for(lambda: not addresses(table, name), what="the name to go")
+    squatter = make_container("early-squatter", network=net.name)  # takes the freed address
+    db.start()
+    db.reload()
+    new = db.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+    wait_for(lambda: addresses(table, name) == {new}, what="the new address")
+    early = [r for r in caplog.records if r.getMessage().startswith(f"early: {db.id[:12]}")]
+    assert early, "the address was not published from the connect event"
+    assert squatter.id in table.snapshot.by_owner
