@@ -20,11 +20,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .config import BRIDGE, Address, ConfigError, Settings
+from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings
 from .forwarder import Forwarder
 from .records import STATIC, Record, zone_name
 from .resolver import Policy
 from .responder import Responder
+from .rrl import RateLimit
 from .servers import BindError, TcpServer, UdpServer, bind
 from .stats import Stats
 from .status import StatusServer, View
@@ -35,6 +36,12 @@ log = logging.getLogger("dockerdns")
 
 class StartError(Exception):
     """The server cannot start; the message names the address and what to try."""
+
+
+def rate_limit_of(settings: RateLimitSettings) -> RateLimit | None:
+    if not settings.responses_per_second:
+        return None
+    return RateLimit(settings.responses_per_second, window=settings.window, slip=settings.slip)
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -56,6 +63,7 @@ class App:
         self.forwarder = Forwarder(settings.forward.upstreams)
         self.stats = Stats()
         self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
+        self.rate_limit = rate_limit_of(settings.rate_limit)
         self.servers: list[UdpServer | TcpServer] = []
         self.status: StatusServer | None = None
         self._bridge: dict[int, tuple[str, list[UdpServer | TcpServer]]] = {}  # port -> (gateway, servers)
@@ -101,7 +109,7 @@ class App:
         except BindError:
             udp.close()
             raise
-        return [UdpServer(udp, self.responder), TcpServer(tcp, self.responder)]
+        return [UdpServer(udp, self.responder, rate_limit=self.rate_limit), TcpServer(tcp, self.responder)]
 
     def _bind_status(self, address: Address) -> StatusServer:
         view = View(
@@ -111,6 +119,7 @@ class App:
             stats=self.stats,
             source=lambda: self.source,
             forwarder=lambda: self.responder.forwarder,
+            rate_limit=lambda: self.rate_limit,
         )
         try:
             return StatusServer(address, view)
@@ -161,23 +170,30 @@ class App:
                 log.info("listening on %s (the Docker bridge)", Address(gateway, address.port))
 
     def reload(self, settings: Settings) -> None:
-        """Swap in new settings: static records, ttl, upstreams, allow, forwarding."""
+        """Swap in new settings: static records, ttl, upstreams, allow, forwarding, rate limiting."""
         if settings.listen != self.settings.listen:
             log.warning("reload: listen addresses change only on restart")
-        self.settings = settings
+        previous, self.settings = self.settings, settings
         self.table.replace(STATIC, settings.records)
         self.forwarder.upstreams = settings.forward.upstreams
         self.responder.forwarder = self._forwarder_for(settings)
         self.responder.policy = policy_of(settings)
+        if settings.rate_limit != previous.rate_limit:
+            self.rate_limit = rate_limit_of(settings.rate_limit)
+            for server in self._all_servers():
+                if isinstance(server, UdpServer):
+                    server.rate_limit = self.rate_limit
         if self.source is not None:
             self.source.update_settings(settings)
         log.info("reloaded %s: %d static records", settings.config_file or "settings", len(settings.records))
 
+    def _all_servers(self) -> list[UdpServer | TcpServer]:
+        with self._lock:
+            return self.servers + [s for _, pair in self._bridge.values() for s in pair]
+
     def addresses(self) -> list[Address]:
         """The addresses actually bound (UDP and TCP share each)."""
-        with self._lock:
-            servers = self.servers + [s for _, pair in self._bridge.values() for s in pair]
-        return sorted({s.address for s in servers}, key=str)
+        return sorted({s.address for s in self._all_servers()}, key=str)
 
     def stop(self) -> None:
         if self.source is not None:

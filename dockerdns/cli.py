@@ -63,7 +63,7 @@ def _serve(flags: dict[str, object]) -> int:
         return _problems(exc.problems)
     _configure_logging(settings.log.level)
     try:
-        return app.serve(load)
+        return app.serve(load, settings)
     except app.StartError as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
@@ -164,3 +164,11 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
            help="serve /records, /healthz and /metrics over HTTP (default: off)")
     option("--log-level", dest="log.level", metavar="LEVEL", default=suppress,
            help="debug, info, warning or error (default: info)")
+    option("--rate-limit", dest="rate_limit.responses_per_second", metavar="N", default=suppress,
+           help="identical answers per second to one client /24 (IPv6 /56) before limiting; 0: off "
+                f"(default: {config.RateLimitSettings().responses_per_second})")
+    option("--rate-limit-slip", dest="rate_limit.slip", metavar="N", default=suppress,
+           help="every N-th limited answer goes out truncated so real clients retry over TCP; 0: none "
+                f"(default: {config.RateLimitSettings().slip})")
+    option("--rate-limit-window", dest="rate_limit.window", metavar="SECONDS", default=suppress,
+           help=f"seconds of credit a client network can save up (default: {config.RateLimitSettings().window})")

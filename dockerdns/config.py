@@ -27,6 +27,7 @@ import dnslib
 import yaml
 
 from .records import STATIC, STATIC_TYPES, InvalidName, Record, absolute, is_valid_name, zone_name
+from .rrl import DEFAULT_RESPONSES_PER_SECOND, DEFAULT_SLIP, DEFAULT_WINDOW
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,6 +68,15 @@ class LogSettings:
     level: str = "info"
 
 
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Response rate limiting (rrl.RateLimit): identical answers per second to one client network."""
+
+    responses_per_second: int = DEFAULT_RESPONSES_PER_SECOND  # 0: off
+    slip: int = DEFAULT_SLIP  # every slip-th limited answer goes out truncated (TC); 0: none
+    window: int = DEFAULT_WINDOW  # seconds of credit a client network can save up
+
+
 DEFAULT_LISTEN = (Address("127.0.0.1", 53), Address(BRIDGE, 53))
 DEFAULT_ALLOW = tuple(
     ipaddress.ip_network(cidr)
@@ -94,6 +104,7 @@ class Settings:
     external_names: bool = False
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     records: tuple[Record, ...] = ()  # static records: absolute names, owner "static"
     config_file: str | None = None  # the file these came from, read again on SIGHUP
 
@@ -120,6 +131,9 @@ FLAGS: Mapping[str, str] = {
     "external_names": "--external-names",
     "http.listen": "--http",
     "log.level": "--log-level",
+    "rate_limit.responses_per_second": "--rate-limit",
+    "rate_limit.slip": "--rate-limit-slip",
+    "rate_limit.window": "--rate-limit-window",
 }
 CONFIG_FLAG = "config"  # the key of -c/--config in `flags`
 CONFIG_ENV = "DOCKERDNS_CONFIG"
@@ -130,6 +144,9 @@ DEFAULT_DOCKER_URL = DockerSettings().url
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DNS_PORT = 53
 MAX_TTL = 2**31 - 1  # RFC 2181 section 8: a TTL is an unsigned 31-bit number
+MAX_RATE = 1_000_000  # responses per second; beyond any one server
+MAX_SLIP = 10  # BIND's bound too
+MAX_WINDOW = 3600  # seconds; BIND's bound too
 
 _RECORDS = "records"
 _RECORD_KEYS = ("name", "type", "value", "ttl")
@@ -222,7 +239,8 @@ def _read_document(path: str, problems: list[str]) -> Mapping[object, object]:
     """The top-level mapping of a YAML file; an empty file is an empty mapping."""
     try:
         with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
+            # libyaml's loader when PyYAML has it: 50,000 static records in well under a second.
+            document = yaml.load(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         problems.append(f"{path}: no such file")
         return {}
@@ -308,10 +326,10 @@ class _Where:
     indexed: bool = True  # YAML: list items are named key[i]
 
     def item(self, index: int) -> _Where:
-        return replace(self, label=f"{self.label}[{index}]") if self.indexed else self
+        return _Where(f"{self.label}[{index}]", self.text, self.indexed) if self.indexed else self
 
     def key(self, name: str) -> _Where:
-        return replace(self, label=f"{self.label}.{name}")
+        return _Where(f"{self.label}.{name}", self.text, self.indexed)
 
     def invalid(self, expected: str, value: object) -> _Invalid:
         return _Invalid([f"{self.label}: expected {expected}, got {_show(value)}"])
@@ -393,20 +411,28 @@ def _boolean(value: object, where: _Where) -> bool:
     raise where.invalid("true or false", value)
 
 
-def _ttl(value: object, where: _Where) -> int:
-    if where.text and isinstance(value, str):
-        try:
-            number: object = int(value.strip())
-        except ValueError:
-            raise where.invalid("an integer", value) from None
-    else:
-        number = value
-    # YAML's true and false are Python bools, and so ints: not a TTL.
-    if isinstance(number, bool) or not isinstance(number, int):
-        raise where.invalid("an integer", value)
-    if not 0 <= number <= MAX_TTL:
-        raise where.invalid(f"an integer from 0 to {MAX_TTL}", value)
-    return number
+def _integer(lowest: int, highest: int) -> _Parse[int]:
+    """A parser of integers from `lowest` to `highest`; text is read as decimal."""
+
+    def parse(value: object, where: _Where) -> int:
+        if where.text and isinstance(value, str):
+            try:
+                number: object = int(value.strip())
+            except ValueError:
+                raise where.invalid("an integer", value) from None
+        else:
+            number = value
+        # YAML's true and false are Python bools, and so ints: not a number here.
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise where.invalid("an integer", value)
+        if not lowest <= number <= highest:
+            raise where.invalid(f"an integer from {lowest} to {highest}", value)
+        return number
+
+    return parse
+
+
+_ttl = _integer(0, MAX_TTL)
 
 
 def _string(value: object, where: _Where) -> str:
@@ -589,6 +615,10 @@ def _record_value(rtype: str, domain: str) -> _Parse[str]:
         if not isinstance(value, str) or not _plausible_value(value, rtype):
             raise where.invalid(_VALUE_SYNTAX[rtype], value)
         fields = value.split()
+        if rtype in _ADDRESS_TYPES:
+            return str(_ADDRESS_TYPES[rtype](fields[0]))  # checked above; dnslib would only agree, slowly
+        if rtype in ("CNAME", "PTR"):
+            return absolute(fields[0], domain)
         if rtype == "SRV" and not fields[3].endswith("."):
             # dnslib ignores the origin for SRV targets; make a relative one absolute here.
             fields[3] = zone if fields[3] == "@" else f"{fields[3]}.{zone}"
@@ -644,6 +674,9 @@ def _build(
     external_names = _resolve("external_names", _boolean, layers, problems)
     http_listen = _resolve("http.listen", _http_listen, layers, problems)
     level = _resolve("log.level", _log_level, layers, problems)
+    rate = _resolve("rate_limit.responses_per_second", _integer(0, MAX_RATE), layers, problems)
+    slip = _resolve("rate_limit.slip", _integer(0, MAX_SLIP), layers, problems)
+    window = _resolve("rate_limit.window", _integer(1, MAX_WINDOW), layers, problems)
     static: tuple[Record, ...] = ()
     if records is not None:
         static = _collect(_static_records(domain, ttl), records, _Where(_RECORDS), problems) or ()
@@ -661,6 +694,11 @@ def _build(
         external_names=_default(external_names, _DEFAULTS.external_names),
         http=HttpSettings(listen=http_listen),
         log=LogSettings(level=level or _DEFAULTS.log.level),
+        rate_limit=RateLimitSettings(
+            responses_per_second=_default(rate, _DEFAULTS.rate_limit.responses_per_second),
+            slip=_default(slip, _DEFAULTS.rate_limit.slip),
+            window=_default(window, _DEFAULTS.rate_limit.window),
+        ),
         records=static,
     )
 

@@ -11,9 +11,19 @@ Rule 3: the upstream sees a fresh random id on a fresh socket (port
         randomisation by the kernel, RFC 5452); an answer must match the id
         and the question, else it is ignored. A truncated answer is fetched
         again over TCP.
+Rule 4: forwarding never loops back into dockerdns (DESIGN.md). Config drops
+        upstreams that are our own listen addresses, but another address of
+        this machine (eth0, the bridge gateway, an address that DNAT brings
+        back) still reaches a socket bound to 0.0.0.0. So every packet in
+        flight upstream is remembered, byte for byte, and the responder asks
+        `is_own` before forwarding: our own query coming back is answered
+        SERVFAIL at once, never forwarded again, and the upstream that led
+        there is skipped for `LOOP_HOLD` seconds, with one warning.
 
-Thread-safety: `submit` and `forward` may be called from any thread;
-`upstreams` is replaced whole by a single assignment on reload.
+Thread-safety: `submit`, `forward` and `is_own` may be called from any
+thread; `upstreams` is replaced whole by a single assignment on reload. The
+packets in flight are added and removed under a lock; `is_own` reads them
+with one dict lookup.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ UPSTREAM_TIMEOUT = 1.0  # seconds one upstream gets before the next is asked
 TOTAL_TIMEOUT = 3.0  # seconds for all upstreams together; glibc's stub gives up at 5
 MAX_IN_FLIGHT = 128  # queries waiting on upstreams at once
 MAX_MESSAGE = 65535
+LOOP_HOLD = 60.0  # seconds an upstream that led back to us is skipped
 
 Done = Callable[[bytes | None], None]
 
@@ -52,15 +63,21 @@ class Forwarder:
         total: float = TOTAL_TIMEOUT,
         max_in_flight: int = MAX_IN_FLIGHT,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.upstreams: tuple[Address, ...] = tuple(upstreams)
         self.timeout = timeout
         self.total = total
         self._rng = rng or random.SystemRandom()
+        self._clock = clock
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._pool = DaemonPool(max_in_flight, "forward")
+        self._lock = threading.Lock()
+        self._in_flight: dict[bytes, Address] = {}  # packet sent upstream -> the upstream (Rule 4)
+        self.looping: dict[Address, float] = {}  # upstream -> until when it is skipped (clock time)
         self.failures = 0
         self.forwarded = 0
+        self.loops = 0  # our own queries that came back
 
     def submit(self, query: DNSRecord, data: bytes, done: Done) -> bool:
         """Forward `data` (the raw query) in the background, then call `done`.
@@ -93,6 +110,8 @@ class Forwarder:
         deadline = time.monotonic() + self.total
         fallback: bytes | None = None
         for upstream in self.upstreams:
+            if self.looping and self.looping.get(upstream, 0.0) > self._clock():
+                continue  # it leads back to us (Rule 4)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -108,12 +127,30 @@ class Forwarder:
             self.failures += 1
         return fallback
 
+    def is_own(self, data: bytes) -> bool:
+        """True when the query `data` is one this forwarder sent upstream and is still waiting on.
+
+        Then the upstream it went to leads back to this dockerdns: it is
+        marked looping (skipped for LOOP_HOLD seconds, one warning), and the
+        caller must not forward `data` again (Rule 4).
+        """
+        upstream = self._in_flight.get(data)
+        if upstream is None:
+            return False
+        self.loops += 1
+        now = self._clock()
+        if self.looping.get(upstream, 0.0) <= now:
+            log.warning("forward: upstream %s leads back to dockerdns itself; skipping it for %.0f s",
+                        upstream, LOOP_HOLD)
+        # Replaced whole: `forward` in other threads reads it without the lock.
+        self.looping = {**self.looping, upstream: now + LOOP_HOLD}
+        return True
+
     def close(self) -> None:
         self._pool.close()
 
     def _ask(self, upstream: Address, query: DNSRecord, data: bytes, timeout: float) -> bytes | None:
-        ident = self._rng.randrange(0x10000)
-        packet = struct.pack("!H", ident) + data[2:]
+        ident, packet = self._remember(upstream, data)
         try:
             answer = _udp_exchange(upstream, packet, ident, timeout)
             if answer is not None and answer[2] & 0x02:  # TC: ask again over TCP
@@ -121,9 +158,27 @@ class Forwarder:
         except OSError as err:
             log.debug("forward: %s: %s", upstream, err)
             return None
+        finally:
+            with self._lock:
+                del self._in_flight[packet]
         if answer is None or not _matches(answer, ident, query):
             return None
         return data[:2] + answer[2:]
+
+    def _remember(self, upstream: Address, data: bytes) -> tuple[int, bytes]:
+        """A fresh id for `data` and the packet to send, remembered as in flight until `_ask` ends.
+
+        The id differs from the client's, so a client repeating its own query
+        is never taken for ours; and from every packet in flight, so each
+        packet names one upstream.
+        """
+        with self._lock:
+            while True:
+                ident = self._rng.randrange(0x10000)
+                packet = struct.pack("!H", ident) + data[2:]
+                if data[:2] != packet[:2] and packet not in self._in_flight:
+                    self._in_flight[packet] = upstream
+                    return ident, packet
 
 
 def _family(host: str) -> socket.AddressFamily:

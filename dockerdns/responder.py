@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -36,12 +35,12 @@ from . import wire
 from .forwarder import Forwarder
 from .resolver import Answer, Policy, client_allowed, failure, resolve
 from .servers import Reply
+from .sparse import Sparse
 from .stats import Stats, qtype_label
 from .table import RecordTable, Snapshot
 
 log = logging.getLogger("dockerdns.query")
 
-LOG_INTERVAL = 10.0  # seconds between two summary lines about the same trouble
 MAX_CACHED = 20000  # ready-made answers; past it the cache starts over
 MAX_ROTATIONS = 8  # pre-built orders of a multi-address answer
 
@@ -51,25 +50,6 @@ ClientClass = tuple[bool, frozenset[str]]
 Local = tuple[bytes | tuple[bytes, ...], itertools.count]
 Upstream = tuple[bytes, itertools.count, float, float, tuple[tuple[int, int], ...]]
 Entry = Local | Upstream
-
-
-class Sparse:
-    """Logs a recurring event at most once per interval, with a count of the rest."""
-
-    def __init__(self, message: str, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic):
-        self._message = message
-        self._interval = interval
-        self._clock = clock
-        self._next = 0.0
-        self._count = 0
-
-    def __call__(self) -> None:
-        self._count += 1
-        now = self._clock()
-        if now >= self._next:
-            log.warning("%s (%d in the last %.0f s)", self._message, self._count, self._interval)
-            self._count = 0
-            self._next = now + self._interval
 
 
 class Responder:
@@ -84,8 +64,10 @@ class Responder:
         self._state: tuple[object, object] = (None, None)  # (snapshot, policy) the cache was made for
         self._answers: dict[tuple[ClientClass, bytes], Entry] = {}
         self._classes: dict[str, ClientClass] = {}
-        self._overflow = Sparse("forward: too many queries in flight, answering SERVFAIL")
-        self._upstream_failed = Sparse("forward: no upstream answered, answering SERVFAIL")
+        self._overflow = Sparse(log, "forward: too many queries in flight, answering SERVFAIL")
+        self._upstream_failed = Sparse(log, "forward: no upstream answered, answering SERVFAIL")
+        self._looped = Sparse(log, "forward: a query of ours came back to us, answering SERVFAIL")
+        self._failed = Sparse(log, "query: could not build an answer, answering SERVFAIL", level=logging.ERROR)
 
     def fast(self, data: bytes, client: str) -> bytes | None:
         """The ready-made UDP answer to `data` from `client`, or None (then call `handle`)."""
@@ -136,15 +118,26 @@ class Responder:
             return counter
 
         snapshot, policy = self.table.snapshot, self.policy
-        outcome = resolve(query, snapshot, client, policy, next(self._turns))
+        try:
+            outcome = resolve(query, snapshot, client, policy, next(self._turns))
+            answer = wire.encode(outcome.message, limit) if isinstance(outcome, Answer) else b""
+        except Exception:  # a bug, or input dnslib accepts but cannot pack: answer, log sparsely
+            self._failed(exc_info=True)
+            send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+            return
         if isinstance(outcome, Answer):
-            answer = wire.encode(outcome.message, limit)
             counter = send(answer)
             if transport == "udp":
                 self._keep(data, client, query, answer, counter, len(outcome.message.rr), snapshot, policy)
             return
         forwarder = self.forwarder
         if forwarder is None or not forwarder.upstreams:
+            send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+            return
+        if forwarder.is_own(data):
+            # Our own forwarded query, back through another address of ours:
+            # SERVFAIL at once, so the waiting forwarder moves on (no loop).
+            self._looped()
             send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             return
 

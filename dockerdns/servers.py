@@ -3,11 +3,16 @@
 Rule 1: UDP is served by a fixed set of worker threads per socket, each
         blocking in recvfrom on the shared socket: no thread per packet.
 Rule 2: TCP is an accept loop and at most `MAX_TCP_CONNECTIONS` connection
-        threads; a client beyond the cap is closed at once. Each connection
-        carries many queries (RFC 7766 section 6.2.1), answers may come back
-        out of order, and it is closed after `TCP_IDLE_TIMEOUT` without a
-        query or `TCP_READ_TIMEOUT` to deliver a started one.
-Rule 3: what a query means is the handler's business. A handler gets the
+        threads. At the cap, the connection idle the longest is closed to make
+        room (RFC 7766 section 6.2.3); when none is idle, the new client is
+        closed at once. Each connection carries many queries (RFC 7766
+        section 6.2.1), answers may come back out of order, and it is closed
+        after `TCP_IDLE_TIMEOUT` without a query or `TCP_READ_TIMEOUT` to
+        deliver a started one.
+Rule 3: UDP answers pass response rate limiting (`rate_limit`, see rrl.py)
+        on their way out: dropped, sent, or sent truncated. TCP answers do
+        not: a TCP client's address cannot be forged.
+Rule 4: what a query means is the handler's business. A handler gets the
         bytes, the client's address, the transport and a `reply` callable,
         which it may call later from another thread (forwarded answers).
 
@@ -29,6 +34,8 @@ from typing import Protocol
 
 from .config import Address
 from .pool import DaemonPool
+from .rrl import RateLimit, Verdict, truncated
+from .sparse import Sparse
 
 log = logging.getLogger("dockerdns.server")
 
@@ -39,6 +46,7 @@ MAX_TCP_CONNECTIONS = 128
 TCP_IDLE_TIMEOUT = 10.0  # seconds between queries on one connection
 TCP_READ_TIMEOUT = 5.0  # seconds to deliver one query once its length arrived
 MIN_MESSAGE = 12  # a DNS header
+EVICT_WAIT = 1.0  # seconds a new TCP client waits for the idlest connection to make room
 
 Reply = Callable[[bytes], None]
 
@@ -98,10 +106,14 @@ def bound_address(sock: socket.socket) -> Address:
 class UdpServer:
     """Worker threads blocking on one UDP socket."""
 
-    def __init__(self, sock: socket.socket, handler: Handler, workers: int = UDP_WORKERS):
+    def __init__(self, sock: socket.socket, handler: Handler, workers: int = UDP_WORKERS,
+                 rate_limit: RateLimit | None = None):
         self.sock = sock
         self.address = bound_address(sock)
         self._handler = handler
+        self.rate_limit = rate_limit  # replaced whole on reload
+        self._limited = Sparse(log, f"udp {self.address}: rate limit: dropping or truncating responses")
+        self._failed = Sparse(log, f"udp {self.address}: handler failed", level=logging.ERROR)
         self._running = True
         self._threads = [
             threading.Thread(target=self._serve, name=f"udp {self.address} #{i}", daemon=True) for i in range(workers)
@@ -123,24 +135,46 @@ class UdpServer:
                 continue  # e.g. ECONNREFUSED from an earlier sendto: not fatal
             if not data:
                 continue  # shutdown() wakes us with nothing: the loop condition ends it
-            answer = fast(data, peer[0])
+            client = peer[0]
+            answer = fast(data, client)
             if answer is not None:
+                limit = self.rate_limit
+                if limit is not None and limit.rate:
+                    answer = self._limit(limit, client, data, answer)
+                    if answer is None:
+                        continue
                 try:
                     sendto(answer, peer)  # the hot path: no parsing, no allocation beyond the answer
                 except OSError:
                     pass
                 continue
 
-            def reply(answer: bytes, peer: tuple = peer) -> None:
+            def reply(answer: bytes, peer: tuple = peer, client: str = client, data: bytes = data) -> None:
+                limit = self.rate_limit
+                if limit is not None and limit.rate:
+                    limited = self._limit(limit, client, data, answer)
+                    if limited is None:
+                        return
+                    answer = limited
                 try:
                     sock.sendto(answer, peer)
                 except OSError:
                     pass  # the client went away; UDP has nobody to tell
 
             try:
-                handle(data, peer[0], "udp", reply)
+                handle(data, client, "udp", reply)
             except Exception:
-                log.exception("udp: handler failed")
+                self._failed(exc_info=True)
+
+    def _limit(self, limit: RateLimit, client: str, query: bytes, answer: bytes) -> bytes | None:
+        """The answer as rate limiting lets it go: itself, truncated, or None (dropped)."""
+        # The account's key: the question as asked, without case (a forger's
+        # case games do not buy new accounts) and without the id.
+        verdict = limit.check(client, query[12:].lower(), time.monotonic())
+        if verdict is Verdict.SEND:
+            return answer
+        self._limited()
+        return truncated(answer) if verdict is Verdict.SLIP else None
 
     def stop(self) -> None:
         self._running = False
@@ -170,10 +204,13 @@ class TcpServer:
         self._read = read_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._pool = DaemonPool(max_connections, f"tcp {self.address}")
-        self._conns: set[socket.socket] = set()
+        # Open connections -> since when each waits for a query (None: busy with one).
+        self._conns: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._running = True
         self.refused = 0
+        self.evicted = 0
+        self._failed = Sparse(log, f"tcp {self.address}: handler failed", level=logging.ERROR)
         self._thread = threading.Thread(target=self._accept, name=f"tcp accept {self.address}", daemon=True)
 
     def start(self) -> None:
@@ -187,13 +224,27 @@ class TcpServer:
                 if not self._running:
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
+            if not self._slots.acquire(blocking=False) and not self._make_room():
                 self.refused += 1
-                conn.close()  # over the cap: a clean close, the client may retry
+                conn.close()  # over the cap and nobody idle: a clean close, the client may retry
                 continue
             with self._lock:
-                self._conns.add(conn)
+                self._conns[conn] = time.monotonic()
             self._pool.submit(functools.partial(self._serve, conn, peer[0]))
+
+    def _make_room(self) -> bool:
+        """Close the connection idle the longest and take its slot (RFC 7766 section 6.2.3)."""
+        with self._lock:
+            idle = [(since, conn) for conn, since in self._conns.items() if since is not None]
+        if not idle:
+            return False
+        _, victim = min(idle, key=lambda pair: pair[0])
+        try:
+            victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF, closes it and frees the slot
+        except OSError:
+            pass
+        self.evicted += 1
+        return self._slots.acquire(timeout=EVICT_WAIT)
 
     def _serve(self, conn: socket.socket, client: str) -> None:
         send_lock = threading.Lock()
@@ -207,9 +258,13 @@ class TcpServer:
 
         try:
             while self._running:
+                with self._lock:
+                    self._conns[conn] = time.monotonic()
                 head = self._recv(conn, 2, self._idle)
                 if head is None:
                     return
+                with self._lock:
+                    self._conns[conn] = None
                 (size,) = struct.unpack("!H", head)
                 if size < MIN_MESSAGE:
                     return  # a zero or impossible length: nothing sane follows
@@ -219,10 +274,10 @@ class TcpServer:
                 try:
                     self._handler.handle(data, client, "tcp", reply)
                 except Exception:
-                    log.exception("tcp: handler failed")
+                    self._failed(exc_info=True)
         finally:
             with self._lock:
-                self._conns.discard(conn)
+                self._conns.pop(conn, None)
             with send_lock:
                 conn.close()
             self._slots.release()

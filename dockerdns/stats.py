@@ -71,7 +71,6 @@ class Stats:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.propagation = Histogram(PROPAGATION_BUCKETS)
         self.dropped = itertools.count()  # packets dropped unanswered (too short, responses)
-        self.rate_limited = itertools.count()
 
     def counter(self, qtype: str, transport: str, rcode: str) -> itertools.count:
         """The counter of queries with these labels (kept by the fast path's entries)."""

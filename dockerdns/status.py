@@ -44,6 +44,7 @@ class View:
     stats: Stats
     source: Callable[[], Any]  # the docker source, or None
     forwarder: Callable[[], Any]  # the forwarder, or None
+    rate_limit: Callable[[], Any]  # the RateLimit, or None
 
 
 class _Collector:
@@ -63,9 +64,12 @@ class _Collector:
                          stats.latency)
         yield CounterMetricFamily("dockerdns_dropped_packets", "Packets dropped unanswered (not a query)",
                                   value=value(stats.dropped))
-        yield CounterMetricFamily("dockerdns_rate_limited_responses",
-                                  "Responses dropped or slipped by response rate limiting",
-                                  value=value(stats.rate_limited))
+        limit = view.rate_limit()
+        limited = CounterMetricFamily("dockerdns_rate_limited_responses",
+                                      "UDP responses held back by response rate limiting", labels=["verdict"])
+        limited.add_metric(["drop"], getattr(limit, "dropped", 0))
+        limited.add_metric(["slip"], getattr(limit, "slipped", 0))
+        yield limited
         forwarder = view.forwarder()
         yield CounterMetricFamily("dockerdns_forwarded_queries", "Queries sent to the upstream servers",
                                   value=getattr(forwarder, "forwarded", 0))

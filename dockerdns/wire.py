@@ -23,6 +23,7 @@ from .resolver import EDNS_PAYLOAD, query_opt
 HEADER_LEN = 12
 CLASSIC_UDP_LIMIT = 512  # RFC 1035 section 2.3.4, without EDNS0
 TCP_LIMIT = 65535
+MAX_NAME_OCTETS = 255
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,21 @@ def decode(data: bytes) -> DNSRecord | Malformed | None:
     if flags & 0x8000:  # QR set: a response, not a query
         return None
     try:
-        return DNSRecord.parse(data)
+        query = DNSRecord.parse(data)
     except Exception:  # dnslib raises DNSError, but also struct/Unicode/Index errors on garbage
-        header = DNSHeader(id=ident, qr=1, opcode=(flags >> 11) & 0xF, rd=(flags >> 8) & 1)
-        header.rcode = RCODE.FORMERR
-        return Malformed(DNSRecord(header).pack())
+        return _formerr(ident, flags)
+    for question in query.questions:
+        # RFC 1035 section 3.1: 255 octets at most. dnslib reads longer names,
+        # then fails to write them back in the answer.
+        if sum(len(label) + 1 for label in question.qname.label) + 1 > MAX_NAME_OCTETS:
+            return _formerr(ident, flags)
+    return query
+
+
+def _formerr(ident: int, flags: int) -> Malformed:
+    header = DNSHeader(id=ident, qr=1, opcode=(flags >> 11) & 0xF, rd=(flags >> 8) & 1)
+    header.rcode = RCODE.FORMERR
+    return Malformed(DNSRecord(header).pack())
 
 
 def udp_limit(query: DNSRecord) -> int:
