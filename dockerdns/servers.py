@@ -239,11 +239,11 @@ class TcpServer:
         if not idle:
             return False
         _, victim = min(idle, key=lambda pair: pair[0])
+        self.evicted += 1
         try:
             victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF, closes it and frees the slot
         except OSError:
             pass
-        self.evicted += 1
         return self._slots.acquire(timeout=EVICT_WAIT)
 
     def _serve(self, conn: socket.socket, client: str) -> None:
