@@ -103,6 +103,13 @@ class RateLimit:
     def enabled(self) -> bool:
         return self.rate > 0
 
+    def exempt_client(self, client: str) -> bool:
+        """True when `client` is never limited (loopback): callers skip building a key."""
+        network = self._networks.get(client, "")
+        if network == "":
+            network = self._network_of(client)
+        return network is None
+
     def check(self, client: str, key: bytes, now: float) -> Verdict:
         """The verdict on sending the response `key` to `client` at time `now`; counts it."""
         if not self.rate:

@@ -139,7 +139,7 @@ class UdpServer:
             answer = fast(data, client)
             if answer is not None:
                 limit = self.rate_limit
-                if limit is not None and limit.rate:
+                if limit is not None and limit.rate and not limit.exempt_client(client):
                     answer = self._limit(limit, client, data, answer)
                     if answer is None:
                         continue
@@ -151,7 +151,7 @@ class UdpServer:
 
             def reply(answer: bytes, peer: tuple = peer, client: str = client, data: bytes = data) -> None:
                 limit = self.rate_limit
-                if limit is not None and limit.rate:
+                if limit is not None and limit.rate and not limit.exempt_client(client):
                     limited = self._limit(limit, client, data, answer)
                     if limited is None:
                         return

@@ -60,8 +60,10 @@ class _Collector:
         for labels, count in stats.queries():
             queries.add_metric(list(labels), count)
         yield queries
-        yield _histogram("dockerdns_answer_latency_seconds", "Time from a query's arrival to its answer",
-                         stats.latency)
+        buckets, total = stats.answer_latency()
+        yield HistogramMetricFamily("dockerdns_answer_latency_seconds",
+                                    "Time from a query's arrival to its answer (ready-made ones sampled)",
+                                    buckets=buckets, sum_value=total)
         yield CounterMetricFamily("dockerdns_dropped_packets", "Packets dropped unanswered (not a query)",
                                   value=value(stats.dropped))
         limit = view.rate_limit()
