@@ -72,7 +72,7 @@ def test_write_methods_refused(app: App) -> None:
 
 def test_metrics_parse_and_count(app: App) -> None:
     """/metrics parses as Prometheus text and counts queries by type, transport and rcode."""
-    for _ in range(3):
+    for _ in range(40):
         ask(app, "gateway.docker")  # the first is answered by the slow path, the rest from ready answers
     ask(app, "absent.docker")
     code, ctype, body = get(app, "/metrics")
@@ -80,13 +80,13 @@ def test_metrics_parse_and_count(app: App) -> None:
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     queries = {(s.labels["qtype"], s.labels["transport"], s.labels["rcode"]): s.value
                for s in families["dockerdns_queries"].samples if s.name == "dockerdns_queries_total"}
-    assert queries[("A", "udp", "NOERROR")] == 3
+    assert queries[("A", "udp", "NOERROR")] == 40
     assert queries[("A", "udp", "NXDOMAIN")] == 1
     latency = {s.labels.get("le"): s.value for s in families["dockerdns_answer_latency_seconds"].samples
                if s.name.endswith("_bucket")}
-    # Two answers went the slow path and were timed; of the two ready-made ones the first was timed,
-    # standing for FAST_SAMPLE of them (stats.FAST_SAMPLE: timing each would cost more than answering).
-    assert latency["+Inf"] == 2 + FAST_SAMPLE
+    # Two answers went the slow path and were all timed; one ready-made answer in FAST_SAMPLE is timed
+    # and stands for FAST_SAMPLE of them (timing each would cost more than answering it).
+    assert latency["+Inf"] > 2 and (latency["+Inf"] - 2) % FAST_SAMPLE == 0
     assert families["dockerdns_table_records"].samples[0].value == 1
     for name in ("dockerdns_forwarded_queries", "dockerdns_upstream_failures", "dockerdns_docker_events",
                  "dockerdns_last_sync_timestamp_seconds", "dockerdns_propagation_delay_seconds"):
