@@ -559,3 +559,14 @@ def test_env_name() -> None:
         "DOCKERDNS_EXTERNAL_NAMES", "DOCKERDNS_HTTP_LISTEN", "DOCKERDNS_LOG_LEVEL",
         "DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", "DOCKERDNS_RATE_LIMIT_SLIP", "DOCKERDNS_RATE_LIMIT_WINDOW",
     ]
+
+
+def test_json_config_reads_like_yaml(tmp_path: Path) -> None:
+    """A config written as JSON (a subset of YAML, read by the json module) gives the same settings."""
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("ttl: 9\nrecords:\n  - {name: gw, type: A, value: 172.17.0.1}\n")
+    json_file = tmp_path / "c.json"
+    json_file.write_text('{"ttl": 9, "records": [{"name": "gw", "type": "A", "value": "172.17.0.1"}]}')
+    from_yaml = config.load({"config": str(yaml_file)}, {})
+    from_json = config.load({"config": str(json_file)}, {})
+    assert from_json.ttl == from_yaml.ttl == 9 and from_json.records == from_yaml.records
