@@ -134,7 +134,9 @@ def resolve(query: DNSRecord, snapshot: Snapshot, client: str, policy: Policy, t
     if outcome is Lookup.NXDOMAIN:
         reply.header.rcode = RCODE.NXDOMAIN
     if outcome in (Lookup.NXDOMAIN, Lookup.NODATA) and not reply.rr:
-        if in_zone(lookup_name, policy.zone):
+        # Only where the SOA is an ancestor of the question: a single label
+        # ("db.") answered from the zone gets no out-of-bailiwick SOA.
+        if in_zone(qname, policy.zone):
             # RFC 2308 section 3: the SOA goes in authority, its TTL the negative TTL.
             reply.add_auth(_soa(policy, snapshot, NEGATIVE_TTL))
     return Answer(_with_opt(query, reply))

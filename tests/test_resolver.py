@@ -84,6 +84,7 @@ CASES = [
     ("nope.docker", "A", "NXDOMAIN", [], [SOA_NEG]),
     ("nope.docker", "AAAA", "NXDOMAIN", [], [SOA_NEG]),
     ("gateway", "A", "NOERROR", ["gateway. 5 IN A 172.17.0.1"], []),
+    ("gateway", "AAAA", "NOERROR", [], []),
     ("docker", "SOA", "NOERROR", ["docker. 5 IN SOA ns.docker. hostmaster.docker. {serial} 3600 600 86400 1"], []),
     ("docker", "NS", "NOERROR", ["docker. 5 IN NS ns.docker."], []),
     ("docker", "A", "NOERROR", [], [SOA_NEG]),
