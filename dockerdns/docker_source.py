@@ -19,6 +19,13 @@ Rule 4: Docker going away is not an error of ours. The table keeps the last
         silence is never taken for a lost connection; only the end of the
         stream or an error is.
 Rule 5: the resolver never waits on this module: it reads only the table.
+Rule 7: a stream can also hang without ending (a frozen engine, a proxy that
+        stalls). So while connected, a watchdog lists the running containers
+        every `watch_interval` seconds: when the engine does not answer, or
+        when the list and the table disagree about the same containers twice
+        in a row (once may be an event still on its way), the stream is
+        closed, which counts as a lost connection: one warning, reconnect,
+        full re-sync.
 Rule 6: a network `connect` comes ~250 ms before `docker start` returns,
         while the engine still holds the container's lock (an inspect would
         wait for the start to end). The network can be read at once: its
@@ -81,6 +88,8 @@ POOL_WORKERS = min(8, (os.cpu_count() or 1) - 1)
 SHORT_ID = 12
 #: Stopped containers whose last inspect is kept for Rule 6.
 MAX_STOPPED = 1000
+#: Seconds between two checks of the watchdog (Rule 7).
+WATCH_INTERVAL = 15.0
 
 CONTAINER_ACTIONS = frozenset(
     {"create", "start", "die", "stop", "kill", "pause", "unpause", "rename", "destroy", "health_status"}
@@ -167,6 +176,8 @@ class DockerSource:
         self._in_sync = False
         self._synced_at: float | None = None  # time.monotonic() of this connection's sync
         self._gateway: str | None = None
+        self.watch_interval = WATCH_INTERVAL
+        self._broken: str | None = None  # why the watchdog closed the stream
 
     # -- public -----------------------------------------------------------
 
@@ -206,8 +217,9 @@ class DockerSource:
             url = self._settings.docker.url  # a new url (update_settings) applies from the next connection
             self._synced_at = None
             try:
+                self._broken = None
                 self._session()
-                reason = "the event stream ended"
+                reason = self._broken or "the event stream ended"
             except CONNECTION_ERRORS as exc:
                 reason = _reason(exc)
             except Exception as exc:  # a bug: say so loudly, then re-sync as after a lost connection
@@ -260,11 +272,38 @@ class DockerSource:
         log.info("docker: connected, %d containers (synced in %.0f ms)", len(inspects),
                  (time.perf_counter() - started) * 1000)
         self._update_gateway(client)
-        # The SDK's stream ends (StopIteration) on a broken connection too.
-        for event in stream:
-            if self._stopping.is_set():
-                return
-            self._handle(client, event)
+        ended = threading.Event()
+        threading.Thread(target=self._watch, args=(client, stream, ended), name="dockerdns-watch", daemon=True).start()
+        try:
+            # The SDK's stream ends (StopIteration) on a broken connection too.
+            for event in stream:
+                if self._stopping.is_set():
+                    return
+                self._handle(client, event)
+        finally:
+            ended.set()
+
+    def _watch(self, client: Any, stream: Any, ended: threading.Event) -> None:
+        """Rule 7: close a stream that hangs, so that the source reconnects and re-syncs."""
+        suspects: set[str] = set()
+        while not ended.wait(self.watch_interval):
+            try:
+                running = {c["Id"] for c in client.containers()}
+            except CONNECTION_ERRORS as exc:
+                self._broken = f"the engine stopped answering: {_reason(exc)}"
+                break
+            with self._lock:
+                known = set(self._inspects) | set(self._early)
+            disagree = running ^ known
+            if disagree & suspects:
+                self._broken = f"the event stream missed changes to {len(disagree & suspects)} containers"
+                break
+            suspects = disagree
+        if not ended.is_set() and not self._stopping.is_set():
+            try:
+                stream.close()
+            except Exception:  # closing a broken stream may fail in many ways; it is closed either way
+                pass
 
     def _handle(self, client: Any, event: Mapping[str, Any]) -> None:
         """Re-read the container an event names (Rule 2)."""

@@ -289,6 +289,8 @@ class LoggingProxy:
         self.path = path
         self.requests: list[str] = []
         self._conns: list[socket.socket] = []
+        self._stalled: set[socket.socket] = set()
+        self._event_streams: set[socket.socket] = set()  # engine-side sockets carrying GET /events
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
 
@@ -320,6 +322,11 @@ class LoggingProxy:
                 pass
             conn.close()
 
+    def stall(self) -> None:
+        """Keep the event streams up but pass nothing more of them to the client: a hung stream."""
+        with self._lock:
+            self._stalled.update(self._event_streams)
+
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
             try:
@@ -344,6 +351,11 @@ class LoggingProxy:
                     break
                 if requests:
                     pending = self._note(pending + data)
+                    if b" /events" in data or b"/events?" in data:
+                        with self._lock:
+                            self._event_streams.add(dst)
+                if src in self._stalled:
+                    continue  # swallowed: the client waits for ever
                 dst.sendall(data)
         except OSError:
             pass
@@ -430,6 +442,22 @@ def test_lost_connection_keeps_records_then_resyncs(
     wait_for(lambda: sum(m.startswith("docker: connected") for m in messages()) == 2, what="a second 'connected'")
     lost = [m for m in messages() if m.startswith("docker: lost the connection")]
     assert len(lost) == 1, messages()
+
+
+def test_hung_event_stream_is_noticed_and_resynced(
+    proxy: LoggingProxy, run_source: Callable[..., tuple[DockerSource, RecordTable]],
+    make_container: Callable[..., Any], wait_for: Callable[..., Any], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An event stream that hangs without ending is caught by the watchdog: one warning, then a re-sync."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    source, table = run_source(proxy.url)
+    source.watch_interval = 0.2
+    wait_for(lambda: source.in_sync, what="the sync")
+    proxy.stall()  # the stream stays open and says nothing more
+    unseen = make_container("unseen")
+    wait_for(lambda: unseen.id in table.snapshot.by_owner, timeout=15, what="the container after the re-sync")
+    lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("docker: lost the connection")]
+    assert len(lost) == 1 and "the event stream missed changes" in lost[0], lost
 
 
 def test_daemon_restart(run_source: Callable[..., tuple[DockerSource, RecordTable]],
