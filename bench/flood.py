@@ -29,10 +29,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import dns.message
-import dns.query
 
-CLIENT_CORE, SERVER_CORE = "0", "1"
+from common import CLIENT_CORE, SERVER_CORE, free_port, wait_answering
+
 TARGET_P99_MS = 2.0
 
 
@@ -43,23 +42,6 @@ class Latency:
     p99: float
     worst: float
     lost: str
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_answering(port: int, name: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
 
 
 def dnsperf_cmd(port: int, queries: str, seconds: int, rate: int, verbose: bool) -> list[str]:

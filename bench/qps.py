@@ -20,18 +20,13 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
-import dns.message
-import dns.query
-
-CLIENT_CORE, SERVER_CORE = "0", "1"
+from common import CLIENT_CORE, SERVER_CORE, free_port, wait_answering
 
 
 @dataclass
@@ -39,12 +34,6 @@ class Result:
     qps: float
     cpu_us: float
     lost: float
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def core_busy_seconds(core: str) -> float:
@@ -56,17 +45,6 @@ def core_busy_seconds(core: str) -> float:
                 idle = fields[3] + fields[4]
                 return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     raise RuntimeError(f"no cpu{core} in /proc/stat")
-
-
-def wait_answering(port: int, name: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
 
 
 def dnsperf(port: int, queries: str, seconds: int, extra: list[str]) -> str:
