@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-
 from common import CLIENT_CORE, SERVER_CORE, free_port, wait_answering
 
 TARGET_P99_MS = 2.0
