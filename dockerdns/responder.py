@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -114,9 +115,11 @@ class Responder:
         qtype = qtype_label(QTYPE.get(query.q.qtype)) if query.questions else "other"
         limit = wire.udp_limit(query) if transport == "udp" else wire.TCP_LIMIT
 
-        def send(answer: bytes) -> itertools.count:
+        def send(answer: bytes, keep: Callable[[itertools.count], None] | None = None) -> itertools.count:
             counter = self.stats.counter(qtype, transport, RCODE.get(answer[3] & 0x0F, "other"))
             next(counter)
+            if keep is not None:
+                keep(counter)
             reply(answer)
             self.stats.latency.observe(time.perf_counter() - started)
             return counter
@@ -151,10 +154,11 @@ class Responder:
                 send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             elif len(answer) > limit:
                 send(_truncated(answer, query, limit))
+            elif transport == "udp":
+                # Kept before it is sent: the client's next query must find it (Rule 2).
+                send(answer, lambda counter: self._keep_upstream(data, client, answer, counter, snapshot, policy))
             else:
-                counter = send(answer)
-                if transport == "udp":
-                    self._keep_upstream(data, client, answer, counter, snapshot, policy)
+                send(answer)
 
         if not forwarder.submit(query, data, done):
             self._overflow()
