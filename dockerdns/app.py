@@ -279,3 +279,43 @@ def print_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout) -
     for row in table:
         out.write("  ".join(str(row[key]).ljust(widths[key]) for key in header).rstrip() + "\n")
     return 0
+
+
+WATCH_POLL = 0.05  # seconds between two looks at the table in `records --watch`
+
+
+def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
+                  stop: threading.Event | None = None) -> int:
+    """`dockerdns records --watch`: the table, then each change as it happens, until interrupted.
+
+    A change is a line `+ NAME TYPE VALUE TTL CONTAINER` (or `-`); with
+    `as_json`, one JSON object per line with a "change" key. Docker being
+    unreachable is not fatal here either: the source warns and retries.
+    """
+    from .docker_source import DockerSource
+
+    table = RecordTable(settings.domain)
+    table.replace(STATIC, settings.records)
+    source = DockerSource(settings, table)
+    source.start()
+    stop = stop or threading.Event()
+    shown: set[tuple[object, ...]] = set()
+    snapshot = None
+    try:
+        while not stop.is_set():
+            if table.snapshot is not snapshot:
+                snapshot = table.snapshot
+                rows = {tuple(row.values()) for row in record_rows(snapshot.records())}
+                for sign, changed in (("-", shown - rows), ("+", rows - shown)):
+                    for row in sorted(changed, key=str):
+                        if as_json:
+                            keys = ("name", "type", "value", "ttl", "owner")
+                            out.write(json.dumps({"change": sign, **dict(zip(keys, row))}) + "\n")
+                        else:
+                            out.write(" ".join([sign, *map(str, row)]) + "\n")
+                out.flush()
+                shown = rows
+            stop.wait(WATCH_POLL)
+    finally:
+        source.stop()
+    return 0

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(_config_file(getattr(args, "config", None)))
     flags = {key: value for key, value in vars(args).items() if key in config.FLAGS or key == config.CONFIG_FLAG}
     if args.command == "records":
-        return _records(flags, args.json)
+        return _records(flags, args.json, args.watch)
     return _serve(flags)
 
 
@@ -70,7 +70,7 @@ def _serve(flags: dict[str, object]) -> int:
         return 0
 
 
-def _records(flags: dict[str, object], as_json: bool) -> int:
+def _records(flags: dict[str, object], as_json: bool, watch: bool) -> int:
     # Imported here so that the other commands never depend on the docker package.
     from .docker_source import DockerUnavailable
 
@@ -80,7 +80,11 @@ def _records(flags: dict[str, object], as_json: bool) -> int:
         return _problems(exc.problems)
     _configure_logging(settings.log.level)
     try:
+        if watch:
+            return app.watch_records(settings, as_json)
         return app.print_records(settings, as_json)
+    except KeyboardInterrupt:
+        return 0
     except DockerUnavailable as exc:
         return _fail(str(exc), 1)
 
@@ -120,7 +124,7 @@ def _parser() -> _Parser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_serve_options(parser)
-    parser.set_defaults(command="serve", json=False)
+    parser.set_defaults(command="serve", json=False, watch=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the DNS server in the foreground (the default)", allow_abbrev=False)
     _add_serve_options(serve)
@@ -129,6 +133,8 @@ def _parser() -> _Parser:
         "records", help="read Docker once and print the records that would be served", allow_abbrev=False
     )
     records.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    records.add_argument("--watch", action="store_true",
+                         help="keep following Docker and print each change as it happens (+ added, - removed)")
     _add_serve_options(records)
     records.set_defaults(command="records")
     check = commands.add_parser("check-config", help="validate a config file", allow_abbrev=False)

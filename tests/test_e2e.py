@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import queue
 import random
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -234,3 +237,39 @@ def test_records_command_without_docker() -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_records_watch_shows_changes(make_container: Callable[..., Any]) -> None:
+    """`dockerdns records --watch --json` prints a container's records as it starts, and again as it goes."""
+    proc = subprocess.Popen([sys.executable, "-m", "dockerdns", "records", "--watch", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        stdout = proc.stdout
+        assert stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+        def next_change(name: str, sign: str) -> dict[str, Any]:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    row = json.loads(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+                if row["name"] == name and row["type"] == "A" and row["change"] == sign:
+                    return dict(row)
+            raise AssertionError(f"no {sign} line for {name}")
+
+        c = make_container("watched")
+        added = next_change(f"{name_of(c)}.docker.", "+")
+        assert added["value"] == ip_on(c, "bridge") and added["owner"] == name_of(c)
+        c.stop(timeout=0)
+        assert next_change(f"{name_of(c)}.docker.", "-")["owner"] == name_of(c)
+    finally:
+        proc.kill()
+        proc.wait()
