@@ -44,12 +44,13 @@ def rate_limit_of(settings: RateLimitSettings) -> RateLimit | None:
     return RateLimit(settings.responses_per_second, window=settings.window, slip=settings.slip)
 
 
-def policy_of(settings: Settings) -> Policy:
+def policy_of(settings: Settings, ns_addresses: tuple[str, ...] = ()) -> Policy:
     return Policy(
         zone=zone_name(settings.domain),
         allow=settings.allow,
         forwarding=settings.forward.enabled,
         soa_ttl=settings.ttl,
+        ns_addresses=ns_addresses,
     )
 
 
@@ -91,6 +92,7 @@ class App:
             raise StartError(str(err)) from err
         for server in self.servers:
             server.start()
+        self._update_policy()
         if self.status is not None:
             self.status.start()
             log.info("HTTP status on http://%s/ (records, healthz, metrics)", self.status.address)
@@ -167,6 +169,7 @@ class App:
                 for server in pair:
                     server.start()
                 self._bridge[address.port] = (gateway, pair)
+                self._update_policy(locked=True)
                 log.info("listening on %s (the Docker bridge)", Address(gateway, address.port))
 
     def reload(self, settings: Settings) -> None:
@@ -177,7 +180,7 @@ class App:
         self.table.replace(STATIC, settings.records)
         self.forwarder.upstreams = settings.forward.upstreams
         self.responder.forwarder = self._forwarder_for(settings)
-        self.responder.policy = policy_of(settings)
+        self._update_policy()
         if settings.rate_limit != previous.rate_limit:
             self.rate_limit = rate_limit_of(settings.rate_limit)
             for server in self._all_servers():
@@ -187,9 +190,18 @@ class App:
             self.source.update_settings(settings)
         log.info("reloaded %s: %d static records", settings.config_file or "settings", len(settings.records))
 
+    def _update_policy(self, locked: bool = False) -> None:
+        """The resolver's policy from the settings and the addresses now bound (for `ns.<zone>`)."""
+        servers = self._servers_locked() if locked else self._all_servers()
+        hosts = sorted({s.address.host for s in servers} - {"0.0.0.0", "::"})
+        self.responder.policy = policy_of(self.settings, tuple(hosts))
+
+    def _servers_locked(self) -> list[UdpServer | TcpServer]:
+        return self.servers + [s for _, pair in self._bridge.values() for s in pair]
+
     def _all_servers(self) -> list[UdpServer | TcpServer]:
         with self._lock:
-            return self.servers + [s for _, pair in self._bridge.values() for s in pair]
+            return self._servers_locked()
 
     def addresses(self) -> list[Address]:
         """The addresses actually bound (UDP and TCP share each)."""

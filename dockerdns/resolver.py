@@ -57,6 +57,9 @@ class Policy:
     allow: tuple[IPNetwork, ...]
     forwarding: bool = True
     soa_ttl: int = 5
+    # The addresses dockerdns answers on, for the name server `ns.<zone>` that
+    # the apex NS and SOA name (a delegation's glue, RFC 1034 section 4.2.1).
+    ns_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def _answer_chain(
                 reply.add_answer(RR(owner, QTYPE.NS, ttl=policy.soa_ttl, rdata=_rdata("NS", "ns." + policy.zone)))
             return Lookup.FOUND
         rrsets = snapshot.names.get(name)
+        if rrsets is None and name == "ns." + policy.zone and policy.ns_addresses:
+            rrsets = _name_server(name, policy)
         if rrsets is None:
             # An empty non-terminal exists: NODATA, not NXDOMAIN (RFC 8020).
             return Lookup.NODATA if name in snapshot.ents or name == policy.zone else Lookup.NXDOMAIN
@@ -188,6 +193,15 @@ def _answer_chain(
             # RFC 6604: the rcode speaks of the last name in the chain.
             return Lookup.NXDOMAIN if in_zone(target, policy.zone) else Lookup.FOUND
     return Lookup.FOUND
+
+
+def _name_server(name: str, policy: Policy) -> dict[str, tuple[Record, ...]]:
+    """`ns.<zone>`'s records when no container or static record holds that name."""
+    rrsets: dict[str, list[Record]] = {}
+    for address in policy.ns_addresses:
+        rtype = "AAAA" if ":" in address else "A"
+        rrsets.setdefault(rtype, []).append(Record(name, rtype, address, policy.soa_ttl))
+    return {rtype: tuple(recs) for rtype, recs in rrsets.items()}
 
 
 def _ordered(rtype: str, recs: Sequence[Record], snapshot: Snapshot, client: str, turn: int) -> list[Record]:

@@ -238,3 +238,23 @@ def test_name_kept_when_one_owner_goes() -> None:
     reply = answered(resolve(DNSRecord.question("db.docker"), table.snapshot, "127.0.0.1", POLICY))
     assert reply.header.rcode == RCODE.NXDOMAIN
     assert ipaddress.ip_network("10.1.0.0/24") not in {n for n, _ in table.snapshot.subnets}
+
+
+def test_name_server_has_an_address() -> None:
+    """ns.<zone>, which the apex NS and SOA name, answers with the addresses dockerdns listens on."""
+    policy = Policy(zone="docker.", allow=DEFAULT_ALLOW, ns_addresses=("127.0.0.1", "172.17.0.1", "::1"))
+    assert sorted(zone_lines(answered(ask("ns.docker", "A", policy=policy)).rr)) == [
+        "ns.docker. 5 IN A 127.0.0.1", "ns.docker. 5 IN A 172.17.0.1"]
+    assert zone_lines(answered(ask("ns.docker", "AAAA", policy=policy)).rr) == ["ns.docker. 5 IN AAAA ::1"]
+    reply = answered(ask("ns.docker", "TXT", policy=policy))
+    assert reply.header.rcode == RCODE.NOERROR and not reply.rr  # NODATA: the name exists
+    assert answered(ask("ns.docker", "A")).header.rcode == RCODE.NXDOMAIN  # nothing bound, nothing to say
+
+
+def test_a_container_named_ns_wins() -> None:
+    """A container or static record called ns takes the name; the listen addresses step aside."""
+    table = make_table()
+    table.replace("c9", [Record("ns.docker.", "A", "10.9.9.9", 5, "c9", "ns")])
+    policy = Policy(zone="docker.", allow=DEFAULT_ALLOW, ns_addresses=("127.0.0.1",))
+    reply = answered(resolve(DNSRecord.question("ns.docker"), table.snapshot, "127.0.0.1", policy))
+    assert zone_lines(reply.rr) == ["ns.docker. 5 IN A 10.9.9.9"]

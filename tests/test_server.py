@@ -371,3 +371,9 @@ def test_cached_upstream_answer_gives_way_to_a_new_container(upstream: StubUpstr
         assert values(udp(addr, "example.org")) == ["10.0.0.7"]
     finally:
         app.stop()
+
+
+def test_name_server_answers_with_the_listen_address(server: tuple[str, int]) -> None:
+    """The apex NS names ns.docker, and ns.docker answers with the address the server is bound to."""
+    assert [rd.to_text() for rrset in udp(server, "docker", "NS").answer for rd in rrset] == ["ns.docker."]
+    assert values(udp(server, "ns.docker")) == ["127.0.0.1"]
