@@ -33,6 +33,8 @@ from .table import RecordTable
 
 log = logging.getLogger("dockerdns")
 
+PORT_ATTEMPTS = 20  # tries at one free port for UDP and TCP alike, when asked for port 0
+
 
 class StartError(Exception):
     """The server cannot start; the message names the address and what to try."""
@@ -103,15 +105,21 @@ class App:
             self.source.start()
 
     def _bind_pair(self, address: Address) -> list[UdpServer | TcpServer]:
-        """UDP and TCP on one address; port 0 gets one free port for both."""
-        udp = bind(address, socket.SOCK_DGRAM)
-        try:
-            port = udp.getsockname()[1]
-            tcp = bind(Address(address.host, port), socket.SOCK_STREAM)
-        except BindError:
-            udp.close()
-            raise
-        return [UdpServer(udp, self.responder, rate_limit=self.rate_limit), TcpServer(tcp, self.responder)]
+        """UDP and TCP on one address; port 0 gets one port free for both."""
+        # With port 0 the kernel picks a UDP port whose TCP twin may be in use
+        # (an outgoing connection's local port): then try another.
+        attempts = PORT_ATTEMPTS if address.port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            udp = bind(address, socket.SOCK_DGRAM)
+            try:
+                tcp = bind(Address(address.host, udp.getsockname()[1]), socket.SOCK_STREAM)
+            except BindError:
+                udp.close()
+                if attempt == attempts:
+                    raise
+                continue
+            return [UdpServer(udp, self.responder, rate_limit=self.rate_limit), TcpServer(tcp, self.responder)]
+        raise AssertionError("not reached: the last attempt raises")
 
     def _bind_status(self, address: Address) -> StatusServer:
         view = View(

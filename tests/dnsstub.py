@@ -34,16 +34,29 @@ class StubUpstream:
 
     def __post_init__(self) -> None:
         self.records = RR.fromZone(self.zone) if self.zone.strip() else []
-        self.udp = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((self.host, 0))
+        self.udp, self.tcp = self._bind_pair()
         self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(self.udp.family, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((self.host, self.port))
-        self.tcp.listen(16)
         self._running = True
         for target in (self._serve_udp, self._serve_tcp):
             threading.Thread(target=target, daemon=True).start()
+
+    def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket on one free port (the TCP twin of a free UDP port may be taken)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for _ in range(20):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((self.host, 0))
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((self.host, udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            tcp.listen(16)
+            return udp, tcp
+        raise OSError("no port free for both UDP and TCP")
 
     @property
     def address(self) -> str:
