@@ -718,7 +718,9 @@ def test_flood_logs_a_summary_not_a_line_per_packet(caplog: pytest.LogCaptureFix
                         _probe(addr)
                 done.wait(10)
             assert len(servfail) == 300
-        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        # The loggers a flood of queries reaches (not, say, a Docker source of an earlier test winding down).
+        flood_loggers = ("dockerdns.query", "dockerdns.server", "dockerdns.forward")
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name in flood_loggers]
         assert any("too many queries in flight" in line for line in lines)
         assert len(lines) <= 3, lines
     finally:
