@@ -104,32 +104,23 @@ def main() -> int:
     queries = f"{work}/queries"
 
     results: dict[str, tuple[Result, float]] = {}
-    port = free_port()
-    dnsmasq = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, "dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-         f"--addn-hosts={work}/hosts", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-         "--local=/docker/", "--user=root", "--pid-file="],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_answering(port, names[0][0])
-        results["dnsmasq"] = measure("dnsmasq", port, queries, args)
-    finally:
-        dnsmasq.terminate()
-        dnsmasq.wait()
-
-    port = free_port()
-    server = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "dockerdns", "-c", f"{work}/dockerdns.yaml",
-         "--listen", f"127.0.0.1:{port}", "--no-forward", "--docker-url", "unix:///nonexistent.sock",
-         "--log-level", "error"],
-    )
-    try:
-        wait_answering(port, names[0][0])
-        results["dockerdns"] = measure("dockerdns", port, queries, args)
-    finally:
-        server.terminate()
-        server.wait()
+    servers = {
+        "dnsmasq": lambda port: ["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                                 f"--addn-hosts={work}/hosts", f"--port={port}", "--listen-address=127.0.0.1",
+                                 "--bind-interfaces", "--local=/docker/", "--user=root", "--pid-file="],
+        "dockerdns": lambda port: [sys.executable, "-m", "dockerdns", "-c", f"{work}/dockerdns.yaml",
+                                   "--listen", f"127.0.0.1:{port}", "--no-forward",
+                                   "--docker-url", "unix:///nonexistent.sock", "--log-level", "error"],
+    }
+    for label, command in servers.items():
+        port = free_port()
+        server = subprocess.Popen(["taskset", "-c", SERVER_CORE, *command(port)], stderr=subprocess.DEVNULL)
+        try:
+            wait_answering(port, names[0][0])
+            results[label] = measure(label, port, queries, args)
+        finally:
+            server.terminate()
+            server.wait()
     shutil.rmtree(work)
 
     base = results["dnsmasq"][0]

@@ -46,7 +46,6 @@ class Lookup(Enum):
     FOUND = "found"
     NODATA = "nodata"
     NXDOMAIN = "nxdomain"
-    NOT_OURS = "not ours"
 
 
 @dataclass(frozen=True)

@@ -99,10 +99,6 @@ class RateLimit:
         self.dropped = 0
         self.slipped = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
     def exempt_client(self, client: str) -> bool:
         """True when `client` is never limited (loopback): callers skip building a key."""
         network = self._networks.get(client, "")

@@ -124,8 +124,8 @@ class UdpServer:
             thread.start()
 
     def _serve(self) -> None:
-        sock, handle, fast = self.sock, self._handler.handle, self._handler.fast
-        recvfrom, sendto = sock.recvfrom, sock.sendto
+        handle, fast, send = self._handler.handle, self._handler.fast, self._send
+        recvfrom = self.sock.recvfrom
         while self._running:
             try:
                 data, peer = recvfrom(MAX_UDP_MESSAGE)
@@ -138,43 +138,29 @@ class UdpServer:
             client = peer[0]
             answer = fast(data, client)
             if answer is not None:
-                limit = self.rate_limit
-                if limit is not None and limit.rate and not limit.exempt_client(client):
-                    answer = self._limit(limit, client, data, answer)
-                    if answer is None:
-                        continue
-                try:
-                    sendto(answer, peer)  # the hot path: no parsing, no allocation beyond the answer
-                except OSError:
-                    pass
+                send(answer, peer, data)  # the hot path: no parsing, no allocation beyond the answer
                 continue
-
-            def reply(answer: bytes, peer: tuple = peer, client: str = client, data: bytes = data) -> None:
-                limit = self.rate_limit
-                if limit is not None and limit.rate and not limit.exempt_client(client):
-                    limited = self._limit(limit, client, data, answer)
-                    if limited is None:
-                        return
-                    answer = limited
-                try:
-                    sock.sendto(answer, peer)
-                except OSError:
-                    pass  # the client went away; UDP has nobody to tell
-
             try:
-                handle(data, client, "udp", reply)
+                handle(data, client, "udp", functools.partial(send, peer=peer, query=data))
             except Exception:
                 self._failed(exc_info=True)
 
-    def _limit(self, limit: RateLimit, client: str, query: bytes, answer: bytes) -> bytes | None:
-        """The answer as rate limiting lets it go: itself, truncated, or None (dropped)."""
-        # The account's key: the question as asked, without case (a forger's
-        # case games do not buy new accounts) and without the id.
-        verdict = limit.check(client, query[12:].lower(), time.monotonic())
-        if verdict is Verdict.SEND:
-            return answer
-        self._limited()
-        return truncated(answer) if verdict is Verdict.SLIP else None
+    def _send(self, answer: bytes, peer: tuple, query: bytes) -> None:
+        """Send `answer` as rate limiting lets it go (Rule 3): whole, truncated, or not at all."""
+        limit = self.rate_limit
+        if limit is not None and not limit.exempt_client(peer[0]):
+            # The account's key: the question as asked, without case (a forger's
+            # case games do not buy new accounts) and without the id.
+            verdict = limit.check(peer[0], query[12:].lower(), time.monotonic())
+            if verdict is not Verdict.SEND:
+                self._limited()
+                if verdict is Verdict.DROP:
+                    return
+                answer = truncated(answer)
+        try:
+            self.sock.sendto(answer, peer)
+        except OSError:
+            pass  # the client went away; UDP has nobody to tell
 
     def stop(self) -> None:
         self._running = False

@@ -153,9 +153,6 @@ class RecordTable:
                     changes[owner] = ()
             self._apply(changes)
 
-    def owners(self) -> frozenset[str]:
-        return frozenset(self.snapshot.by_owner)
-
     def _apply(self, changes: Mapping[str, tuple[Record, ...]]) -> None:
         touched: set[str] = set()
         owners: dict[str, object] = {}
