@@ -21,93 +21,16 @@ import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import dnslib
 import yaml
 
 from .records import STATIC, STATIC_TYPES, InvalidName, Record, absolute, is_valid_name, zone_name
-from .rrl import DEFAULT_RESPONSES_PER_SECOND, DEFAULT_SLIP, DEFAULT_WINDOW
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-BRIDGE = "bridge"  # listen host keyword: the default bridge's gateway address
-
-
-@dataclass(frozen=True)
-class Address:
-    """A host and port: an IP literal, or the keyword "bridge" for listen."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class DockerSettings:
-    url: str = "unix:///var/run/docker.sock"
-
-
-@dataclass(frozen=True)
-class ForwardSettings:
-    enabled: bool = True
-    upstreams: tuple[Address, ...] = ()
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    listen: Address | None = None
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    """Response rate limiting (rrl.RateLimit): identical answers per second to one client network."""
-
-    responses_per_second: int = DEFAULT_RESPONSES_PER_SECOND  # 0: off
-    slip: int = DEFAULT_SLIP  # every slip-th limited answer goes out truncated (TC); 0: none
-    window: int = DEFAULT_WINDOW  # seconds of credit a client network can save up
-
-
-DEFAULT_LISTEN = (Address("127.0.0.1", 53), Address(BRIDGE, 53))
-DEFAULT_ALLOW = tuple(
-    ipaddress.ip_network(cidr)
-    for cidr in (
-        "127.0.0.0/8",
-        "::1/128",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "fc00::/7",
-        "fe80::/10",
-    )
-)
-
-
-@dataclass(frozen=True)
-class Settings:
-    listen: tuple[Address, ...] = DEFAULT_LISTEN
-    domain: str = "docker"  # without a trailing dot, lower-case
-    ttl: int = 5
-    docker: DockerSettings = field(default_factory=DockerSettings)
-    forward: ForwardSettings = field(default_factory=ForwardSettings)
-    allow: tuple[IPNetwork, ...] = DEFAULT_ALLOW
-    external_names: bool = False
-    http: HttpSettings = field(default_factory=HttpSettings)
-    log: LogSettings = field(default_factory=LogSettings)
-    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
-    records: tuple[Record, ...] = ()  # static records: absolute names, owner "static"
-    config_file: str | None = None  # the file these came from, read again on SIGHUP
+from .settings import (  # noqa: F401 (re-exported: the settings types are part of this module's interface)
+    BRIDGE, DEFAULT_ALLOW, DEFAULT_LISTEN, Address, DockerSettings, ForwardSettings, HttpSettings, IPNetwork,
+    LogSettings, RateLimitSettings, Settings)
 
 
 class ConfigError(Exception):

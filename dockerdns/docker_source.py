@@ -59,7 +59,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from .config import Settings
+from .settings import Settings
 from .naming import LABEL_IGNORE, Published, netns_owner_id, records_for_container
 from .records import Record
 from .table import RecordTable

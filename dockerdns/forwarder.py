@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 
 from dnslib import RCODE, DNSRecord
 
-from .config import Address
+from .settings import Address
 from .pool import DaemonPool
 
 log = logging.getLogger("dockerdns.forward")

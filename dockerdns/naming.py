@@ -52,8 +52,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
 from .records import InvalidName, Record, absolute, reverse_name, zone_name
+from .settings import Settings
 
 LABEL_NAME = "dockerdns.name"
 LABEL_ALIASES = "dockerdns.aliases"

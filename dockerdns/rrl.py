@@ -38,17 +38,10 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from .settings import DEFAULT_RESPONSES_PER_SECOND, DEFAULT_SLIP, DEFAULT_WINDOW  # noqa: F401
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Identical responses per second to one client network before limiting.
-#: Generous on purpose: every container on Docker's default bridge sits in
-#: one /24 (172.17.0.x), and stub resolvers in containers rarely cache, so a
-#: fleet of busy replicas asking for `db` on every request can reach hundreds
-#: of identical answers a second. 1000/s, with a 15 s burst, never limits
-#: them; a reflection flood runs at tens of thousands.
-DEFAULT_RESPONSES_PER_SECOND = 1000
-DEFAULT_WINDOW = 15  # seconds of credit an account can hold
-DEFAULT_SLIP = 2  # every second over-limit response is a TC answer
 DEFAULT_IPV4_PREFIX = 24
 DEFAULT_IPV6_PREFIX = 56
 DEFAULT_MAX_ENTRIES = 10000

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .config import Address
+from .settings import Address
 from .pool import DaemonPool
 from .rrl import RateLimit, Verdict, truncated
 from .sparse import Sparse
