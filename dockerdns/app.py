@@ -29,7 +29,7 @@ from .rrl import RateLimit
 from .servers import BindError, TcpServer, UdpServer, bind
 from .stats import Stats
 from .status import StatusServer, View
-from .table import RecordTable
+from .table import SERVER, RecordTable
 
 log = logging.getLogger("dockerdns")
 
@@ -40,20 +40,16 @@ class StartError(Exception):
     """The server cannot start; the message names the address and what to try."""
 
 
-def rate_limit_of(settings: RateLimitSettings) -> RateLimit | None:
+def rate_limit_of(settings: RateLimitSettings, table: RecordTable) -> RateLimit | None:
     if not settings.responses_per_second:
         return None
-    return RateLimit(settings.responses_per_second, window=settings.window, slip=settings.slip)
+    # Rule 5 of rrl: the addresses of running containers are never limited.
+    return RateLimit(settings.responses_per_second, window=settings.window, slip=settings.slip,
+                     local=lambda client: client in table.snapshot.hosts)
 
 
-def policy_of(settings: Settings, ns_addresses: tuple[str, ...] = ()) -> Policy:
-    return Policy(
-        zone=zone_name(settings.domain),
-        allow=settings.allow,
-        forwarding=settings.forward.enabled,
-        soa_ttl=settings.ttl,
-        ns_addresses=ns_addresses,
-    )
+def policy_of(settings: Settings) -> Policy:
+    return Policy(allow=settings.allow, forwarding=settings.forward.enabled)
 
 
 class App:
@@ -61,12 +57,12 @@ class App:
 
     def __init__(self, settings: Settings, *, docker: bool = True):
         self.settings = settings
-        self.table = RecordTable(settings.domain)
+        self.table = RecordTable(settings.domain, settings.ttl)
         self.table.replace(STATIC, settings.records)
         self.forwarder = Forwarder(settings.forward.upstreams)
         self.stats = Stats()
         self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
-        self.rate_limit = rate_limit_of(settings.rate_limit)
+        self.rate_limit = rate_limit_of(settings.rate_limit, self.table)
         self.servers: list[UdpServer | TcpServer] = []
         self.status: StatusServer | None = None
         self._bridge: dict[int, tuple[str, list[UdpServer | TcpServer]]] = {}  # port -> (gateway, servers)
@@ -151,7 +147,7 @@ class App:
             "status": "unavailable" if problems else "ok",
             "listening": [str(a) for a in self.addresses()],
             "docker": "in sync" if self.source is not None and self.source.in_sync else "not in sync",
-            "records": sum(len(recs) for recs in snapshot.by_owner.values()),
+            "records": snapshot.record_count,
         }
         if problems:
             details["reason"] = "; ".join(problems)
@@ -185,12 +181,13 @@ class App:
         if settings.listen != self.settings.listen:
             log.warning("reload: listen addresses change only on restart")
         previous, self.settings = self.settings, settings
+        self.table.configure(settings.ttl)
         self.table.replace(STATIC, settings.records)
         self.forwarder.upstreams = settings.forward.upstreams
         self.responder.forwarder = self._forwarder_for(settings)
         self._update_policy()
         if settings.rate_limit != previous.rate_limit:
-            self.rate_limit = rate_limit_of(settings.rate_limit)
+            self.rate_limit = rate_limit_of(settings.rate_limit, self.table)
             for server in self._all_servers():
                 if isinstance(server, UdpServer):
                     server.rate_limit = self.rate_limit
@@ -199,10 +196,14 @@ class App:
         log.info("reloaded %s: %d static records", settings.config_file or "settings", len(settings.records))
 
     def _update_policy(self, locked: bool = False) -> None:
-        """The resolver's policy from the settings and the addresses now bound (for `ns.<zone>`)."""
+        """The resolver's policy from the settings, and `ns.<zone>`'s addresses: those now bound."""
         servers = self._servers_locked() if locked else self._all_servers()
         hosts = sorted({s.address.host for s in servers} - {"0.0.0.0", "::"})
-        self.responder.policy = policy_of(self.settings, tuple(hosts))
+        self.responder.policy = policy_of(self.settings)
+        name = f"ns.{zone_name(self.settings.domain)}"
+        self.table.replace(SERVER, [
+            Record(name, "AAAA" if ":" in host else "A", host, self.settings.ttl, SERVER, "dockerdns") for host in hosts
+        ])
 
     def _servers_locked(self) -> list[UdpServer | TcpServer]:
         return self.servers + [s for _, pair in self._bridge.values() for s in pair]

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 STATIC = "static"
+SERVER = "server"  # the owner of `ns.<zone>`'s addresses: where dockerdns listens
 
 #: Record types a static record may have (DESIGN.md, "Static records").
 STATIC_TYPES = ("A", "AAAA", "CNAME", "TXT", "SRV", "PTR", "MX")

@@ -1,109 +1,134 @@
 """The responder: one query's bytes in, its answer's bytes out (now, or later when forwarded).
 
-It joins the pure parts (wire, resolver) to the forwarder and is what the
-servers call. Local answers are computed on the calling thread and never
-wait on anything; forwarded ones go to the forwarder's pool.
+It joins the pure parts (answers, wire, resolver) to the forwarder and the
+upstream cache, and is what the servers call. Local answers are computed on
+the calling thread and never wait on anything; forwarded ones go to the
+forwarder's pool.
 
-Rule 1 (the fast path): a UDP answer depends only on the query's bytes
-        after the id, on the client's class (allowed or not, and which
-        Docker networks it sits on), on the table snapshot and on the
-        policy. So answers are kept, keyed by exactly that, and a repeated
-        query costs a dict lookup and an id patch. Rotation is a few
-        pre-built orders taken in turn. A new snapshot or policy empties
-        the cache; it never serves an answer the slow path would not give.
-Rule 2: upstream answers to UDP queries are kept the same way, for as long
-        as their TTLs allow (negative ones by their SOA minimum, RFC 2308),
-        and served with their TTLs aged. They go with the rest when the
-        table changes: a name forwarded yesterday may be a container today.
-Rule 3: everything else (first sight of a query, TCP, FORMERR) takes the
-        slow path through wire and resolver.
+Rule 1: a query reads `table.snapshot` and `policy` once each.
+Rule 2: the client's address decides first: a client outside `allow` gets
+        REFUSED, and nothing it sends is parsed further or kept.
+Rule 3: the answer index (answers.py) answers every plain query for a name
+        the table holds or the zone covers, over UDP and TCP alike; then the
+        upstream cache (cache.py); everything else takes the full path:
+        wire.decode, resolver.resolve, and the forwarder.
+Rule 4: upstream answers are kept by their normalised question, for as long
+        as their TTLs allow (negative ones by their SOA minimum, RFC 2308).
 
 Thread-safety: `handle` and `fast` may be called from any number of threads
-at once. `policy` and `forwarder.upstreams` are replaced whole on reload; a
-query reads each once. Cache dicts are replaced whole, never cleared in place.
+at once. `policy` and `forwarder` are replaced whole on reload.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from . import wire
+from . import answers, wire
+from .cache import Cached, UpstreamCache
 from .forwarder import Forwarder
-from .resolver import Answer, Policy, client_allowed, failure, resolve
+from .resolver import DO, Answer, Forward, Policy, client_allowed, failure, query_opt, resolve
 from .servers import Reply
 from .sparse import Sparse
-from .stats import FAST_SAMPLE, Stats, qtype_label
-from .table import RecordTable, Snapshot
+from .stats import FAST_SAMPLE, QTYPES, Stats
+from .table import RecordTable
 
 log = logging.getLogger("dockerdns.query")
 
-MAX_CACHED = 20000  # ready-made answers; past it the cache starts over
-MAX_ROTATIONS = 8  # pre-built orders of a multi-address answer
-
-ClientClass = tuple[bool, frozenset[str]]
-# A local answer: (ready answer or pre-built orders, the counter of its labels).
-# An upstream answer: (answer, counter, kept at, expires at, its TTL fields).
-Local = tuple[bytes | tuple[bytes, ...], itertools.count]
-Upstream = tuple[bytes, itertools.count, float, float, tuple[tuple[int, int], ...]]
-Entry = Local | Upstream
+MAX_CLIENT_MEMO = 4096  # client addresses whose `allow` verdict is remembered; past it the memo starts over
+RCODES = {code: RCODE.get(code) for code in range(16)}
+QTYPE_LABELS = {struct.pack("!H", getattr(QTYPE, name)): name for name in QTYPES}
 
 
 class Responder:
     """Answers queries from the table; forwards what is not ours."""
 
-    def __init__(self, table: RecordTable, policy: Policy, forwarder: Forwarder | None, stats: Stats | None = None):
+    def __init__(self, table: RecordTable, policy: Policy, forwarder: Forwarder | None, stats: Stats | None = None,
+                 cache: UpstreamCache | None = None):
         self.table = table
-        self.policy = policy
         self.forwarder = forwarder
         self.stats = stats or Stats()
-        self._turns = itertools.count()  # next() is atomic in CPython: rotation without a lock
-        self._ticks = itertools.count()  # ready-made answers given, for sampling their latency
-        self._state: tuple[object, object] = (None, None)  # (snapshot, policy) the cache was made for
-        self._answers: dict[tuple[ClientClass, bytes], Entry] = {}
-        self._classes: dict[str, ClientClass] = {}
+        self.cache = cache or UpstreamCache()
+        self._turns = itertools.count()  # rotation turns of the full path
+        self._ticks = itertools.count()  # answers from the index, for sampling their latency
+        self._allowed: tuple[Policy, dict[str, bool]] = (policy, {})
         self._overflow = Sparse(log, "forward: too many queries in flight, answering SERVFAIL")
         self._upstream_failed = Sparse(log, "forward: no upstream answered, answering SERVFAIL")
         self._looped = Sparse(log, "forward: a query of ours came back to us, answering SERVFAIL")
         self._failed = Sparse(log, "query: could not build an answer, answering SERVFAIL", level=logging.ERROR)
 
+    @property
+    def policy(self) -> Policy:
+        return self._allowed[0]
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._allowed = (policy, {})  # replaced whole: the memo belongs to the policy it was made for
+
+    def allowed(self, client: str) -> bool:
+        """True when `client` is inside `allow` (Rule 2); remembered per policy."""
+        policy, memo = self._allowed
+        verdict = memo.get(client)
+        if verdict is None:
+            verdict = client_allowed(client, policy.allow)
+            if len(memo) >= MAX_CLIENT_MEMO:
+                memo.clear()
+            memo[client] = verdict
+        return verdict
+
     def fast(self, data: bytes, client: str) -> bytes | None:
-        """The ready-made UDP answer to `data` from `client`, or None (then call `handle`)."""
+        """The answer to a UDP query from the index or the cache, or None (then call `handle`)."""
         timed = not next(self._ticks) % FAST_SAMPLE
         if timed:
             started = time.perf_counter()
-        state = self._state
-        if self.table.snapshot is not state[0] or self.policy is not state[1]:
+        if not self.allowed(client):
             return None
-        cls = self._classes.get(client)
-        if cls is None:
+        q = answers.question(data)
+        if q is None:
             return None
-        entry = self._answers.get((cls, data[2:]))
-        if entry is None:
+        out = self._local(data, q, client, None)
+        if out is None:
             return None
-        if len(entry) == 2:
-            answer, counter = entry
-            if isinstance(answer, bytes):
-                out = data[:2] + answer
-            else:
-                out = data[:2] + answer[next(self._turns) % len(answer)]
-        else:
-            kept, counter, at, expires, ttls = entry
-            now = time.monotonic()
-            if now >= expires:
-                return None
-            out = data[:2] + wire.aged(kept, ttls, int(now - at))[2:]
-        next(counter)
+        next(self.stats.counter(QTYPE_LABELS.get(q.qtype, "other"), "udp", RCODES[out[3] & 0x0F]))
         if timed:
             self.stats.fast_latency.observe(time.perf_counter() - started)
         return out
 
+    def _local(self, data: bytes, q: answers.Question, client: str, limit: int | None) -> bytes | None:
+        """From the index (Rule 3), else from the upstream cache; None when neither has it."""
+        out = answers.answer(data, q, self.table.snapshot, self.policy.forwarding, client, limit)
+        if out is not None:
+            return out
+        found = self.cache.get((q.key, q.qtype, q.opt == answers.OPT_DO), time.monotonic())
+        if found is None:
+            return None
+        kept = found.answer
+        elapsed = int(time.monotonic() - found.kept_at)
+        if elapsed > 0:
+            kept = wire.aged(kept, found.ttls, elapsed)
+        flags = (kept[2] & 0xFE | data[2] & 0x01) << 8 | kept[3]  # the client's RD
+        an_ns_ar = struct.unpack_from("!HHH", kept, 6)
+        counts = struct.pack("!HHHH", 1, an_ns_ar[0], an_ns_ar[1], an_ns_ar[2] + (1 if q.opt else 0))
+        rest = kept[wire.sections(kept).question_end:]  # type: ignore[union-attr]  # kept answers parse
+        return answers.assemble(data, q, flags & ~answers.TC, counts, len(rest), lambda: rest,
+                                q.udp_limit if limit is None else limit)
+
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
         started = time.perf_counter()
+        limit = wire.TCP_LIMIT if transport == "tcp" else None
+        q = answers.question(data) if transport == "tcp" and self.allowed(client) else None
+        if q is not None:
+            out = self._local(data, q, client, limit)
+            if out is not None:
+                next(self.stats.counter(QTYPE_LABELS.get(q.qtype, "other"), transport, RCODES[out[3] & 0x0F]))
+                reply(out)
+                self.stats.latency.observe(time.perf_counter() - started)
+                return
         query = wire.decode(data)
         if query is None:
             next(self.stats.dropped)
@@ -112,17 +137,15 @@ class Responder:
             next(self.stats.counter("other", transport, "FORMERR"))
             reply(query.reply)
             return
-        qtype = qtype_label(QTYPE.get(query.q.qtype)) if query.questions else "other"
-        limit = wire.udp_limit(query) if transport == "udp" else wire.TCP_LIMIT
+        qtype = (QTYPE.get(query.q.qtype) if query.questions else "other")
+        qtype = qtype if qtype in QTYPES else "other"
+        if limit is None:
+            limit = wire.udp_limit(query)
 
-        def send(answer: bytes, keep: Callable[[itertools.count], None] | None = None) -> itertools.count:
-            counter = self.stats.counter(qtype, transport, RCODE.get(answer[3] & 0x0F, "other"))
-            next(counter)
-            if keep is not None:
-                keep(counter)
+        def send(answer: bytes) -> None:
+            next(self.stats.counter(qtype, transport, RCODES[answer[3] & 0x0F]))
             reply(answer)
             self.stats.latency.observe(time.perf_counter() - started)
-            return counter
 
         snapshot, policy = self.table.snapshot, self.policy
         try:
@@ -130,83 +153,87 @@ class Responder:
             answer = wire.encode(outcome.message, limit) if isinstance(outcome, Answer) else b""
         except Exception:  # a bug, or input dnslib accepts but cannot pack: answer, log sparsely
             self._failed(exc_info=True)
-            send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
+            send(wire.encode(failure(query, RCODE.SERVFAIL, policy.forwarding), limit))
             return
         if isinstance(outcome, Answer):
-            counter = send(answer)
-            if transport == "udp":
-                self._keep(data, client, query, answer, counter, len(outcome.message.rr), snapshot, policy)
+            send(answer)
             return
+        self._forward(outcome, data, query, limit, send)
+
+    def _forward(self, outcome: Forward, data: bytes, query: DNSRecord, limit: int,
+                 send: Callable[[bytes], None]) -> None:
         forwarder = self.forwarder
         if forwarder is None or not forwarder.upstreams:
             send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             return
-        if forwarder.is_own(data):
+        if outcome.prefix is None and forwarder.is_own(data):
             # Our own forwarded query, back through another address of ours:
             # SERVFAIL at once, so the waiting forwarder moves on (no loop).
             self._looped()
             send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
             return
+        asked = outcome.query
+        asked_data = data if outcome.prefix is None else asked.pack()
 
         def done(answer: bytes | None) -> None:
             if answer is None:
                 self._upstream_failed()
                 send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
-            elif len(answer) > limit:
-                send(_truncated(answer, query, limit))
-            elif transport == "udp":
-                # Kept before it is sent: the client's next query must find it (Rule 2).
-                send(answer, lambda counter: self._keep_upstream(data, client, answer, counter, snapshot, policy))
-            else:
-                send(answer)
+                return
+            if outcome.prefix is not None:
+                send(_joined(outcome.prefix, answer, query, limit))
+                return
+            self._keep(data, answer)
+            send(_fitted(answer, query, limit))
 
-        if not forwarder.submit(query, data, done):
+        if not forwarder.submit(asked, asked_data, done):
             self._overflow()
             send(wire.encode(failure(query, RCODE.SERVFAIL), limit))
 
-    def _client_class(self, client: str, snapshot: Snapshot, policy: Policy) -> ClientClass:
-        """The client's class for the cache key, the cache made current first."""
-        if snapshot is not self._state[0] or policy is not self._state[1]:
-            self._answers, self._classes = {}, {}
-            self._state = (snapshot, policy)
-        elif len(self._answers) >= MAX_CACHED:
-            self._answers = {}
-        cls = self._classes.get(client)
-        if cls is None:
-            cls = (client_allowed(client, policy.allow), snapshot.networks_of(client))
-            if len(self._classes) >= MAX_CACHED:
-                self._classes = {}
-            self._classes[client] = cls
-        return cls
-
-    def _keep_upstream(self, data: bytes, client: str, answer: bytes, counter: itertools.count,
-                       snapshot: Snapshot, policy: Policy) -> None:
-        """Remember an upstream answer for as long as its TTLs allow (Rule 2)."""
-        if snapshot is not self.table.snapshot or policy is not self.policy:
-            return  # the table moved on while the upstream was asked
-        keep = wire.cacheable(answer)
+    def _keep(self, data: bytes, answer: bytes) -> None:
+        """Remember an upstream answer for the fast path (Rule 4)."""
+        q = answers.question(data)
+        if q is None:
+            return
+        plain = wire.without_opt(answer)
+        if plain is None:
+            return
+        keep = wire.cacheable(plain)
         if keep is None:
             return
-        cls = self._client_class(client, snapshot, policy)
         now = time.monotonic()
-        self._answers[(cls, data[2:])] = (answer, counter, now, now + keep.ttl, keep.ttls)
-
-    def _keep(self, data: bytes, client: str, query: DNSRecord, answer: bytes, counter: itertools.count,
-              count: int, snapshot: Snapshot, policy: Policy) -> None:
-        """Remember the answer to `data` for the fast path (Rule 1)."""
-        cls = self._client_class(client, snapshot, policy)
-        limit = wire.udp_limit(query)
-        orders = {answer[2:]}
-        for turn in range(1, min(count, MAX_ROTATIONS)):
-            outcome = resolve(query, snapshot, client, policy, turn)
-            if isinstance(outcome, Answer):
-                orders.add(wire.encode(outcome.message, limit)[2:])
-        ready = orders.pop() if len(orders) == 1 else tuple(sorted(orders))
-        self._answers[(cls, data[2:])] = (ready, counter)
+        self.cache.put((q.key, q.qtype, q.opt == answers.OPT_DO), Cached(plain, now, now + keep.ttl, keep.ttls))
 
 
-def _truncated(answer: bytes, query: DNSRecord, limit: int) -> bytes:
+def _fitted(answer: bytes, query: DNSRecord, limit: int) -> bytes:
+    """The upstream's answer as this client takes it: an OPT only if it sent one (ours), TC over its limit."""
+    plain = wire.without_opt(answer)
+    if plain is None:
+        return wire.encode(failure(query, RCODE.SERVFAIL), limit)
+    opt = query_opt(query)
+    tail = b"" if opt is None else answers.OPT_DO if opt.ttl & DO else answers.OPT_PLAIN
+    if tail:
+        plain = plain[:10] + struct.pack("!H", int.from_bytes(plain[10:12], "big") + 1) + plain[12:]
+    if len(plain) + len(tail) <= limit:
+        return plain + tail
+    # RFC 2181 section 9: the header, the question and the OPT, with TC.
+    end = wire.sections(plain).question_end  # type: ignore[union-attr]  # it parsed above
+    counts = struct.pack("!HHHH", 1 if end > wire.HEADER_LEN else 0, 0, 0, 1 if tail else 0)
+    return plain[:2] + struct.pack("!H", int.from_bytes(plain[2:4], "big") | answers.TC) + counts + \
+        plain[wire.HEADER_LEN:end] + tail
+
+
+def _joined(prefix: DNSRecord, answer: bytes, query: DNSRecord, limit: int) -> bytes:
+    """Our CNAME chain, then the upstream's answer for its target (RFC 1034 section 3.6.2)."""
     try:
-        return wire.encode(DNSRecord.parse(answer), limit)
+        upstream = DNSRecord.parse(answer)
     except Exception:
         return wire.encode(failure(query, RCODE.SERVFAIL), limit)
+    for rr in upstream.rr:
+        prefix.add_answer(rr)
+    if not upstream.rr:
+        for rr in upstream.auth:
+            prefix.add_auth(rr)
+    prefix.header.rcode = upstream.header.rcode
+    prefix.header.aa = 0  # part of the answer is someone else's
+    return wire.encode(prefix, limit)

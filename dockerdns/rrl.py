@@ -7,8 +7,11 @@ a real client never needs: it caches, or asks for different things.
 
 Rule 1: an account is kept per (client network, response key): the client's
         /24 (IPv4) or /56 (IPv6), because a forger can vary the low bits at
-        will, and a key that names the response (the caller passes the
-        answer's bytes after the id, or qname + qtype + rcode).
+        will, and a key that names the response (`response_key`): its name
+        (for NXDOMAIN and NODATA the zone that says so, the owner of the SOA
+        in authority), its type and the kind of its rcode, as in BIND's RRL.
+        So varying the query (EDNS size, letter case, random names) buys no
+        new credit.
 Rule 2: each account is a token bucket. It earns `responses_per_second`
         credits a second, holds at most `window` seconds' worth, and starts
         with one second's worth; each response spends one. So bursts of
@@ -22,8 +25,10 @@ Rule 4: memory is bounded: past `max_entries` accounts the least recently
         used one is forgotten. A forgotten account restarts with one second
         of credit, not a full window, so churning accounts buys a forger
         little.
-Rule 5: loopback clients are exempt (`exempt`): nobody off this machine can
-        forge them, and answers to them never leave it.
+Rule 5: local clients are never limited: loopback and the host's own
+        addresses (`exempt`), whom nobody off this machine can forge, and
+        the addresses of running containers (`local`), so that a busy
+        container never waits for an answer.
 
 Pure: no sockets, threads or clocks; `now` (seconds, any monotonic origin) is
 passed in. Thread-safety: `check` may be called from any number of threads at
@@ -36,9 +41,10 @@ import enum
 import ipaddress
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .settings import DEFAULT_RESPONSES_PER_SECOND, DEFAULT_SLIP, DEFAULT_WINDOW  # noqa: F401
+from .wire import read_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,6 +78,7 @@ class RateLimit:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         *,
         exempt: Sequence[IPNetwork] = LOOPBACK,
+        local: Callable[[str], bool] = lambda client: False,
     ):
         if responses_per_second < 0 or window < 1 or slip < 0 or max_entries < 1:
             raise ValueError("responses_per_second >= 0, window >= 1, slip >= 0, max_entries >= 1")
@@ -84,6 +91,7 @@ class RateLimit:
         self.ipv6_prefix = ipv6_prefix
         self.max_entries = max_entries
         self.exempt = tuple(exempt)
+        self.local = local
         self._cap = self.rate * window
         self._lock = threading.Lock()
         # (network, key) -> [credit, time of last update, over-limit responses so far]; in LRU order.
@@ -93,11 +101,11 @@ class RateLimit:
         self.slipped = 0
 
     def exempt_client(self, client: str) -> bool:
-        """True when `client` is never limited (loopback): callers skip building a key."""
+        """True when `client` is never limited (Rule 5): callers skip building a key."""
         network = self._networks.get(client, "")
         if network == "":
             network = self._network_of(client)
-        return network is None
+        return network is None or self.local(client)
 
     def check(self, client: str, key: bytes, now: float) -> Verdict:
         """The verdict on sending the response `key` to `client` at time `now`; counts it."""
@@ -183,3 +191,25 @@ def _question_end(message: bytes) -> int | None:
             return None
         offset += 1 + length
     return None
+
+
+NXDOMAIN = 3
+
+
+def response_key(answer: bytes) -> bytes:
+    """The account key of a response (Rule 1): kind of rcode, type, and the name it speaks of. Never raises."""
+    if len(answer) < HEADER_LEN:
+        return answer
+    rcode = answer[3] & 0x0F
+    qname = read_name(answer, HEADER_LEN) if answer[4:6] != b"\x00\x00" else None
+    if qname is None:
+        return b"?" + bytes((rcode,))
+    name, end = qname
+    qtype = answer[end:end + 2]
+    negative = rcode == NXDOMAIN or (rcode == 0 and answer[6:8] == b"\x00\x00")
+    if not negative:
+        return (b"+" if rcode == 0 else b"!" + bytes((rcode,))) + qtype + name
+    # NXDOMAIN and NODATA count against the zone that says so: the owner of
+    # the SOA in authority, right after the question when the answer is empty.
+    zone = read_name(answer, end + 4) if answer[6:8] == b"\x00\x00" and answer[8:10] != b"\x00\x00" else None
+    return (b"N" if rcode == NXDOMAIN else b"D") + qtype + (zone[0] if zone is not None else name)

@@ -34,7 +34,7 @@ from typing import Protocol
 
 from .settings import Address
 from .pool import DaemonPool
-from .rrl import RateLimit, Verdict, truncated
+from .rrl import RateLimit, Verdict, response_key, truncated
 from .sparse import Sparse
 
 log = logging.getLogger("dockerdns.server")
@@ -149,9 +149,7 @@ class UdpServer:
         """Send `answer` as rate limiting lets it go (Rule 3): whole, truncated, or not at all."""
         limit = self.rate_limit
         if limit is not None and not limit.exempt_client(peer[0]):
-            # The account's key: the question as asked, without case (a forger's
-            # case games do not buy new accounts) and without the id.
-            verdict = limit.check(peer[0], query[12:].lower(), time.monotonic())
+            verdict = limit.check(peer[0], response_key(answer), time.monotonic())
             if verdict is not Verdict.SEND:
                 self._limited()
                 if verdict is Verdict.DROP:

@@ -82,7 +82,7 @@ class _Collector:
                                   value=getattr(source, "events_handled", 0))
         snapshot = view.snapshot()
         yield GaugeMetricFamily("dockerdns_table_records", "Records in the table",
-                                value=sum(len(recs) for recs in snapshot.by_owner.values()))
+                                value=snapshot.record_count)
         yield GaugeMetricFamily("dockerdns_table_names", "Names in the table", value=len(snapshot.names))
         yield GaugeMetricFamily("dockerdns_docker_in_sync", "1 when the table is in sync with Docker",
                                 value=1 if getattr(source, "in_sync", False) else 0)

@@ -1,14 +1,20 @@
 """The record table: the current records, grouped by owner, read as snapshots.
 
-Rule 1: state is keyed by owner (a container id, or "static"); the name index
-        is derived. A name claimed by two owners keeps the other owner's
-        records when one owner goes (moby's name -> {(owner, address)}).
-Rule 2: build, then swap. Writers build a new Snapshot and publish it with
-        one attribute assignment; readers take `table.snapshot` once per query
-        and never see a half-made table, without taking a lock.
+Rule 1: state is keyed by owner (a container id, "static", or "server" for
+        the name server's own address); the name index is derived. A name
+        claimed by two owners keeps the other owner's records when one owner
+        goes (moby's name -> {(owner, address)}).
+Rule 2: build, then swap. Writers build a new Snapshot, ready answers
+        included (answers.py), and publish it with one attribute assignment;
+        readers take `table.snapshot` once per query and never see a
+        half-made table, without taking a lock.
 Rule 3: an update costs O(records of that owner), not O(table): the
-        snapshot's maps are sharded, and a new snapshot copies only the
-        shards the update touched and shares the rest with the old one.
+        snapshot's maps are sharded, a new snapshot copies only the shards
+        the update touched, and only the touched names (and the names whose
+        CNAME chains lead to them) get new ready answers.
+Rule 4: owners rank: a static record beats a container's claim of the same
+        name (one warning), and a container named like the name server
+        (`ns.<zone>`) beats the server's own records.
 
 Thread-safety: any number of readers; writers serialise on an internal lock.
 """
@@ -16,100 +22,22 @@ Thread-safety: any number of readers; writers serialise on an internal lock.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
-from typing import Generic, TypeVar
 
-from .records import STATIC, Record, zone_name
+from . import answers
+from .records import SERVER, STATIC, Record, in_zone, zone_name
+from .resolver import MAX_CNAME_HOPS
+from .snapshot import GONE, IPNetwork, RRsets, ShardedMap, Snapshot
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["RecordTable", "ShardedMap", "Snapshot", "SERVER", "STATIC"]
 
-RRsets = Mapping[str, tuple[Record, ...]]  # rtype -> records
+log = logging.getLogger("dockerdns.table")
 
-V = TypeVar("V")
-SHARDS = 256
-_GONE = object()
-
-
-class ShardedMap(Mapping[str, V], Generic[V]):
-    """An immutable str-keyed map whose `evolve` copies only the shards it changes."""
-
-    __slots__ = ("_shards", "_len")
-
-    def __init__(self, shards: tuple[dict[str, V], ...] | None = None, length: int = 0):
-        self._shards = shards if shards is not None else tuple({} for _ in range(SHARDS))
-        self._len = length
-
-    def __getitem__(self, key: str) -> V:
-        return self._shards[hash(key) % SHARDS][key]
-
-    def get(self, key: str, default: V | None = None) -> V | None:  # type: ignore[override]
-        return self._shards[hash(key) % SHARDS].get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._shards[hash(key) % SHARDS]
-
-    def __iter__(self) -> Iterator[str]:
-        for shard in self._shards:
-            yield from shard
-
-    def __len__(self) -> int:
-        return self._len
-
-    def evolve(self, changes: Mapping[str, object]) -> ShardedMap[V]:
-        """A new map with `changes` applied; a value of `_GONE` removes the key."""
-        shards = list(self._shards)
-        copied: set[int] = set()
-        length = self._len
-        for key, new in changes.items():
-            index = hash(key) % SHARDS
-            if index not in copied:
-                shards[index] = dict(shards[index])
-                copied.add(index)
-            shard = shards[index]
-            had = key in shard
-            if new is _GONE:
-                if had:
-                    del shard[key]
-                    length -= 1
-            else:
-                shard[key] = new  # type: ignore[assignment]
-                length += 0 if had else 1
-        return ShardedMap(tuple(shards), length)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """An immutable view of the table at one generation."""
-
-    generation: int
-    zone: str  # absolute, e.g. "docker."
-    names: ShardedMap[RRsets] = field(default_factory=ShardedMap)
-    # Names with records below them (empty non-terminals when they have none
-    # of their own): they exist, so they answer NODATA, RFC 8020.
-    ents: ShardedMap[int] = field(default_factory=ShardedMap)
-    # Subnets of the Docker networks the table knows, for source-aware answers.
-    subnets: tuple[tuple[IPNetwork, str], ...] = ()
-    by_owner: ShardedMap[tuple[Record, ...]] = field(default_factory=ShardedMap)
-
-    def exists(self, name: str) -> bool:
-        return name in self.names or name in self.ents
-
-    def records(self) -> list[Record]:
-        """Every record, sorted by name, type and value."""
-        rows = [r for recs in self.by_owner.values() for r in recs]
-        rows.sort(key=lambda r: (r.name, r.rtype, r.value, r.owner_name))
-        return rows
-
-    def networks_of(self, address: str) -> frozenset[str]:
-        """The names of the Docker networks whose subnet holds `address`."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return frozenset()
-        return frozenset(name for net, name in self.subnets if ip in net)
+RANK = {STATIC: 0, SERVER: 2}  # Rule 4: lower wins; containers are 1
 
 
 def _ancestors(name: str) -> Iterable[str]:
@@ -122,14 +50,18 @@ def _ancestors(name: str) -> Iterable[str]:
 class RecordTable:
     """Records by owner; `snapshot` is the current immutable view."""
 
-    def __init__(self, zone: str = "docker"):
+    def __init__(self, zone: str = "docker", soa_ttl: int = 1):
         self._lock = threading.Lock()
         self._by_owner: dict[str, tuple[Record, ...]] = {}
         # name -> owner -> that owner's records of the name
         self._claims: dict[str, dict[str, tuple[Record, ...]]] = {}
         self._ents: dict[str, int] = {}  # name -> how many names with records lie below it
         self._subnets: dict[tuple[IPNetwork, str], int] = {}
-        self.snapshot = Snapshot(generation=0, zone=zone_name(zone))
+        self._hosts: dict[str, int] = {}  # container address -> how many records hold it
+        self._aliases: dict[str, set[str]] = {}  # CNAME target -> the names whose CNAME points at it
+        self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
+        empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl)
+        self.snapshot = self._finish(empty, {empty.zone}, rebuild=True)
 
     def replace(self, owner: str, records: Iterable[Record]) -> None:
         """Make `records` the whole of `owner`'s records (none: remove it)."""
@@ -140,7 +72,7 @@ class RecordTable:
         """Drop every record of `owner`."""
         self.replace(owner, ())
 
-    def replace_all(self, by_owner: Mapping[str, Iterable[Record]], keep: Iterable[str] = (STATIC,)) -> None:
+    def replace_all(self, by_owner: Mapping[str, Iterable[Record]], keep: Iterable[str] = (STATIC, SERVER)) -> None:
         """Make the table hold exactly `by_owner`, plus the owners in `keep`.
 
         Used after a full re-sync: owners absent from `by_owner` vanished.
@@ -153,9 +85,18 @@ class RecordTable:
                     changes[owner] = ()
             self._apply(changes)
 
+    def configure(self, soa_ttl: int) -> None:
+        """A new TTL for the apex SOA and NS (a reload): every ready answer is built again."""
+        with self._lock:
+            if soa_ttl != self.snapshot.soa_ttl:
+                old = self.snapshot
+                self.snapshot = self._finish(replace(old, generation=old.generation + 1, soa_ttl=soa_ttl),
+                                             set(old.names) | set(old.ents), rebuild=True)
+
     def _apply(self, changes: Mapping[str, tuple[Record, ...]]) -> None:
         touched: set[str] = set()
         owners: dict[str, object] = {}
+        hosts: set[str] = set()
         for owner, records in changes.items():
             old = self._by_owner.get(owner, ())
             if old == records:
@@ -163,13 +104,11 @@ class RecordTable:
             for rec in old:
                 touched.add(rec.name)
                 self._claims.get(rec.name, {}).pop(owner, None)
-                if rec.subnet is not None and rec.network is not None:
-                    self._count(self._subnets, (ipaddress.ip_network(rec.subnet), rec.network), -1)
+                self._index_record(rec, owner, -1, hosts)
             grouped: dict[str, list[Record]] = {}
             for rec in records:
                 grouped.setdefault(rec.name, []).append(rec)
-                if rec.subnet is not None and rec.network is not None:
-                    self._count(self._subnets, (ipaddress.ip_network(rec.subnet), rec.network), +1)
+                self._index_record(rec, owner, +1, hosts)
             for name, recs in grouped.items():
                 touched.add(name)
                 self._claims.setdefault(name, {})[owner] = tuple(recs)
@@ -178,7 +117,7 @@ class RecordTable:
                 owners[owner] = records
             else:
                 self._by_owner.pop(owner, None)
-                owners[owner] = _GONE
+                owners[owner] = GONE
         if not owners:
             return
 
@@ -187,13 +126,9 @@ class RecordTable:
         ents: set[str] = set()
         for name in touched:
             had = name in old_snap.names
-            claims = self._claims.get(name)
-            if claims:
-                rrsets: dict[str, list[Record]] = {}
-                for claimed in claims.values():
-                    for rec in claimed:
-                        rrsets.setdefault(rec.rtype, []).append(rec)
-                names[name] = MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
+            rrsets = self._rrsets(name)
+            if rrsets is not None:
+                names[name] = rrsets
                 if not had:
                     for anc in _ancestors(name):
                         self._count(self._ents, anc, +1)
@@ -201,18 +136,79 @@ class RecordTable:
             else:
                 self._claims.pop(name, None)
                 if had:
-                    names[name] = _GONE
+                    names[name] = GONE
                     for anc in _ancestors(name):
                         self._count(self._ents, anc, -1)
                         ents.add(anc)
-        self.snapshot = Snapshot(
+        subnets = tuple(self._subnets)
+        if subnets == old_snap.subnets:
+            subnets = old_snap.subnets  # the same object: the client-networks memo stays (snapshot.py Rule 2)
+        snapshot = replace(
+            old_snap,
             generation=old_snap.generation + 1,
-            zone=old_snap.zone,
             names=old_snap.names.evolve(names),
-            ents=old_snap.ents.evolve({name: self._ents.get(name, _GONE) for name in ents}),
-            subnets=tuple(self._subnets),
+            ents=old_snap.ents.evolve({name: self._ents.get(name, GONE) for name in ents}),
+            subnets=subnets,
+            client_networks=old_snap.client_networks if subnets is old_snap.subnets else {},
             by_owner=old_snap.by_owner.evolve(owners),
+            hosts=old_snap.hosts.evolve({h: self._hosts.get(h, GONE) for h in hosts}),
         )
+        self.snapshot = self._finish(snapshot, touched | ents)
+
+    def _rrsets(self, name: str) -> RRsets | None:
+        """The records of `name` by type, from the owners that rank first (Rule 4); None when none."""
+        claims = self._claims.get(name)
+        if not claims:
+            return None
+        best = min(RANK.get(owner, 1) for owner in claims)
+        if best == 0 and len(claims) > 1 and name not in self._shadowed:
+            self._shadowed.add(name)
+            hidden = sorted({rec.owner_name for owner, recs in claims.items() if owner != STATIC for rec in recs})
+            log.warning("static: %s is also claimed by %s; the static records win", name, ", ".join(hidden))
+        rrsets: dict[str, list[Record]] = {}
+        for owner, claimed in claims.items():
+            if RANK.get(owner, 1) == best:
+                for rec in claimed:
+                    rrsets.setdefault(rec.rtype, []).append(rec)
+        return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
+
+    def _index_record(self, rec: Record, owner: str, delta: int, hosts: set[str]) -> None:
+        """Keep the derived counts (networks, container addresses, CNAME targets) of one record."""
+        if rec.subnet is not None and rec.network is not None:
+            self._count(self._subnets, (ipaddress.ip_network(rec.subnet), rec.network), delta)
+        if rec.rtype in ("A", "AAAA") and owner not in RANK:
+            self._count(self._hosts, rec.value, delta)
+            hosts.add(rec.value)
+        if rec.rtype == "CNAME":
+            pointing = self._aliases.setdefault(rec.value.lower(), set())
+            if delta > 0:
+                pointing.add(rec.name)
+            else:
+                pointing.discard(rec.name)
+                if not pointing:
+                    del self._aliases[rec.value.lower()]
+
+    def _finish(self, snapshot: Snapshot, changed: set[str], rebuild: bool = False) -> Snapshot:
+        """`snapshot` with its ready answers: new ones for `changed` names and whatever leads to them."""
+        affected = set(changed)
+        frontier = set(changed)
+        for _ in range(MAX_CNAME_HOPS):
+            frontier = {alias for target in frontier for alias in self._aliases.get(target, ())} - affected
+            if not frontier:
+                break
+            affected |= frontier
+        affected.add(snapshot.zone)  # the apex's SOA serial is the generation
+        nodata, nxdomain = answers.negatives(snapshot)
+        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain)
+        index: dict[bytes, object] = {}
+        for name in affected:
+            if not (in_zone(name, snapshot.zone) or name in snapshot.names):
+                index[answers.wire_name(name)] = GONE  # an empty non-terminal outside the zone is not ours
+                continue
+            entry = answers.entry_for(name, snapshot)
+            index[answers.wire_name(name)] = GONE if entry is None else entry
+        base = ShardedMap[bytes, object]() if rebuild else snapshot.index
+        return replace(snapshot, index=base.evolve(index))
 
     @staticmethod
     def _count(counter: dict, key: object, delta: int) -> None:

@@ -7,6 +7,16 @@ Rule 1: a packet whose 12-byte header can be read but whose body cannot gets
 Rule 2: a UDP answer larger than the client's limit is cut to the header,
         the question and the OPT, with TC set (RFC 2181 section 9); the
         client asks again over TCP and gets it whole.
+Rule 3: answers are packed with one kind of name compression only: an owner
+        name equal to the question's is a pointer to it (offset 12). Every
+        other name is written out. So the sections after the question do
+        not depend on where they sit, and a ready answer (answers.py) serves
+        any question for its name, in any letter case, single label or not,
+        byte for byte as `resolve` would.
+Rule 4: the work a packet costs is bounded by its size, whatever it holds:
+        names are read with `read_name`, which follows at most
+        `MAX_POINTERS` compression pointers, each strictly backwards, and
+        dnslib parses only what we know to be well formed.
 
 Pure: no sockets, threads or clocks.
 """
@@ -16,7 +26,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dnslib import QTYPE, RCODE, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
 
 from .resolver import EDNS_PAYLOAD, query_opt
 
@@ -34,28 +44,49 @@ class Malformed:
 
 
 def decode(data: bytes) -> DNSRecord | Malformed | None:
-    """A parsed query; Malformed with a FORMERR to send; None to drop the packet."""
+    """A parsed query; Malformed with a FORMERR to send; None to drop the packet.
+
+    The work is bounded whatever `data` holds (Rule 4): its names are walked
+    once with `read_name`, and dnslib parses only the header, the question
+    and the OPT, never a record a client has no business sending.
+    """
     if len(data) < HEADER_LEN:
         return None
     ident, flags = struct.unpack_from("!HH", data)
     if flags & 0x8000:  # QR set: a response, not a query
         return None
+    layout = sections(data)
+    if layout is None:
+        return _formerr(ident, flags, _opt_at_end(data))
+    an, ns, _ = layout.counts
+    opts = [data[start:end] for index, (start, end, rtype) in enumerate(layout.records)
+            if index >= an + ns and rtype == OPT]
+    trimmed = data[:6] + struct.pack("!HHH", 0, 0, len(opts)) + data[HEADER_LEN:layout.question_end] + b"".join(opts)
     try:
-        query = DNSRecord.parse(data)
+        return DNSRecord.parse(trimmed)
     except Exception:  # dnslib raises DNSError, but also struct/Unicode/Index errors on garbage
-        return _formerr(ident, flags)
-    for question in query.questions:
-        # RFC 1035 section 3.1: 255 octets at most. dnslib reads longer names,
-        # then fails to write them back in the answer.
-        if sum(len(label) + 1 for label in question.qname.label) + 1 > MAX_NAME_OCTETS:
-            return _formerr(ident, flags)
-    return query
+        return _formerr(ident, flags, opts[0] if opts else None)
 
 
-def _formerr(ident: int, flags: int) -> Malformed:
+def _opt_at_end(data: bytes) -> bytes | None:
+    """An OPT record that ends the packet, found without parsing what comes before it (for FORMERR)."""
+    if data[10:12] == b"\x00\x00":
+        return None
+    for start in range(len(data) - 11, max(HEADER_LEN, len(data) - 523) - 1, -1):
+        if data[start:start + 3] == b"\x00\x00\x29" and \
+                start + 11 + int.from_bytes(data[start + 9:start + 11], "big") == len(data):
+            return data[start:]
+    return None
+
+
+def _formerr(ident: int, flags: int, opt: bytes | None) -> Malformed:
+    """FORMERR for a query that did not parse; with our OPT when it carried one (RFC 6891 section 7)."""
     header = DNSHeader(id=ident, qr=1, opcode=(flags >> 11) & 0xF, rd=(flags >> 8) & 1)
     header.rcode = RCODE.FORMERR
-    return Malformed(DNSRecord(header).pack())
+    reply = DNSRecord(header)
+    if opt is not None and len(opt) >= 11:
+        reply.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, flags="do" if opt[7] & 0x80 else ""))
+    return Malformed(pack(reply)[0])
 
 
 def udp_limit(query: DNSRecord) -> int:
@@ -68,14 +99,55 @@ def udp_limit(query: DNSRecord) -> int:
 
 def encode(reply: DNSRecord, limit: int = TCP_LIMIT) -> bytes:
     """Pack `reply`; when it exceeds `limit`, a truncated copy with TC set."""
-    data = reply.pack()
+    data, _ = pack(reply)
     if len(data) <= limit:
-        return bytes(data)
+        return data
     cut = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1), q=reply.q)
     for rr in reply.ar:
         if rr.rtype == QTYPE.OPT:
             cut.add_ar(rr)
-    return bytes(cut.pack())
+    return pack(cut)[0]
+
+
+class _Buffer(DNSBuffer):
+    """A DNSBuffer that compresses as Rule 3 says: only owner names equal to the question's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qname: tuple[bytes, ...] | None = None
+        self.owner = False  # the next name is an owner name
+
+    def encode_name(self, name: object) -> None:
+        label = name if isinstance(name, DNSLabel) else DNSLabel(name)
+        key = tuple(part.lower() for part in label.label)
+        if self.owner and key == self.qname:
+            self.append(b"\xc0\x0c")
+        else:
+            if self.qname is None:
+                self.qname = key  # the first name of a message is the question's
+            self.encode_name_nocompress(label)
+        self.owner = False
+
+
+def pack(reply: DNSRecord) -> tuple[bytes, list[tuple[int, int]]]:
+    """`reply` on the wire (Rule 3), and where each answer-section record starts and ends."""
+    reply.set_header_qa()
+    buffer = _Buffer()
+    reply.header.pack(buffer)
+    for question in reply.questions:
+        question.pack(buffer)
+    if buffer.qname is None:
+        buffer.qname = ()
+    spans = []
+    for rr in reply.rr:
+        start = buffer.offset
+        buffer.owner = True
+        rr.pack(buffer)
+        spans.append((start, buffer.offset))
+    for rr in [*reply.auth, *reply.ar]:
+        buffer.owner = True
+        rr.pack(buffer)
+    return bytes(buffer.data), spans
 
 
 OPT = 41
@@ -155,3 +227,106 @@ def _skip_name(data: bytes, pos: int) -> int:
         if length & 0xC0 == 0xC0:
             return pos + 2
         pos += length + 1
+
+
+MAX_POINTERS = 16  # compression pointers one name may follow; real names need one or two
+
+
+def read_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The name at `pos` in wire format, lower-case, pointers followed; and the offset after it.
+
+    Bounded work whatever `data` holds: a pointer must point strictly before
+    the name it is part of, at most MAX_POINTERS are followed, and the name
+    may not exceed 255 octets (RFC 1035 sections 3.1 and 4.1.4). None when
+    any of that fails.
+    """
+    out = bytearray()
+    after = -1
+    floor = pos  # a pointer must go strictly backwards, before every part read so far
+    hops = 0
+    size = len(data)
+    while True:
+        if pos >= size:
+            return None
+        length = data[pos]
+        if length == 0:
+            out.append(0)
+            return (bytes(out).lower(), after if after >= 0 else pos + 1) if len(out) <= MAX_NAME_OCTETS else None
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= size or hops >= MAX_POINTERS:
+                return None
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= floor:
+                return None
+            if after < 0:
+                after = pos + 2
+            hops += 1
+            pos = floor = target
+            continue
+        if length & 0xC0:
+            return None  # 0x40 and 0x80: label types nobody defined for use (RFC 6891 section 5)
+        out += data[pos:pos + length + 1]
+        pos += length + 1
+        if len(out) > MAX_NAME_OCTETS:
+            return None
+
+
+@dataclass(frozen=True)
+class Sections:
+    """Where the records of a message lie: (start, end, type) for each, in order, and the counts."""
+
+    question_end: int
+    records: tuple[tuple[int, int, int], ...]
+    counts: tuple[int, int, int]  # answer, authority, additional
+
+
+def sections(data: bytes) -> Sections | None:
+    """The layout of `data` (one question at most), with bounded work; None when it does not parse."""
+    try:
+        qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+        if qd > 1:
+            return None
+        pos = HEADER_LEN
+        if qd:
+            name = read_name(data, pos)
+            if name is None:
+                return None
+            pos = name[1] + 4
+        records = []
+        for _ in range(an + ns + ar):
+            name = read_name(data, pos)
+            if name is None:
+                return None
+            start, pos = pos, name[1]
+            rtype, _, _, rdlen = struct.unpack_from("!HHIH", data, pos)
+            pos += 10 + rdlen
+            if pos > len(data):
+                return None
+            records.append((start, pos, rtype))
+    except struct.error:
+        return None
+    if qd and HEADER_LEN + 4 > len(data):
+        return None
+    return Sections(HEADER_LEN if not qd else _question_end(data), tuple(records), (an, ns, ar))
+
+
+def _question_end(data: bytes) -> int:
+    name = read_name(data, HEADER_LEN)
+    return name[1] + 4 if name is not None else HEADER_LEN
+
+
+def without_opt(data: bytes) -> bytes | None:
+    """`data` (a response) without its OPT record, ARCOUNT lowered; None when it does not parse."""
+    layout = sections(data)
+    if layout is None:
+        return None
+    out = bytearray(data[:layout.records[0][0]] if layout.records else data)
+    kept_ar = layout.counts[2]
+    an_ns = layout.counts[0] + layout.counts[1]
+    for index, (start, end, rtype) in enumerate(layout.records):
+        if index >= an_ns and rtype == OPT:
+            kept_ar -= 1
+        else:
+            out += data[start:end]
+    struct.pack_into("!H", out, 10, kept_ar)
+    return bytes(out)

@@ -8,7 +8,7 @@ import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from dockerdns.config import DEFAULT_ALLOW
-from dockerdns.records import Record
+from dockerdns.records import SERVER, Record
 from dockerdns.resolver import Answer, Forward, Policy, resolve
 from dockerdns.table import RecordTable
 
@@ -23,6 +23,7 @@ outside.docker.            5  IN CNAME www.example.org.
 _http._tcp.web.docker.     60 IN SRV   0 0 80 web.docker.
 txt.docker.                5  IN TXT   "hello world"
 mail.docker.               5  IN MX    10 gateway.docker.
+db.example.test.           5  IN A     192.0.2.7
 """
 
 # (owner, name, type, value, network, subnet)
@@ -36,12 +37,12 @@ CONTAINERS = [
     ("c3", "db.myproj.docker.", "A", "10.2.0.5", "back", "10.2.0.0/24"),
 ]
 
-POLICY = Policy(zone="docker.", allow=DEFAULT_ALLOW, forwarding=True, soa_ttl=5)
+POLICY = Policy(allow=DEFAULT_ALLOW, forwarding=True)
 SOA_NEG = "docker. 1 IN SOA ns.docker. hostmaster.docker. {serial} 3600 600 86400 1"
 
 
 def make_table() -> RecordTable:
-    table = RecordTable("docker")
+    table = RecordTable("docker", soa_ttl=5)
     static = [
         Record(line.split()[0], line.split()[3], " ".join(line.split()[4:]), int(line.split()[1]))
         for line in STATIC_ZONE.strip().splitlines()
@@ -95,14 +96,15 @@ CASES = [
     ("mail.docker", "MX", "NOERROR", ["mail.docker. 5 IN MX 10 gateway.docker."], []),
     ("alias.docker", "A", "NOERROR", ["alias.docker. 5 IN CNAME gateway.docker.", "gateway.docker. 5 IN A 172.17.0.1"],
      []),
-    ("alias.docker", "AAAA", "NOERROR", ["alias.docker. 5 IN CNAME gateway.docker."], []),
+    ("alias.docker", "AAAA", "NOERROR", ["alias.docker. 5 IN CNAME gateway.docker."], [SOA_NEG]),
     ("alias.docker", "CNAME", "NOERROR", ["alias.docker. 5 IN CNAME gateway.docker."], []),
     ("api.example.test", "A", "NOERROR",
      ["api.example.test. 5 IN CNAME web.docker.", "web.docker. 5 IN A 10.1.0.2", "web.docker. 5 IN A 10.2.0.2",
       "web.docker. 5 IN A 10.1.0.3"], []),
-    ("api.example.test", "TXT", "NOERROR", ["api.example.test. 5 IN CNAME web.docker."], []),
-    ("dangling.docker", "A", "NXDOMAIN", ["dangling.docker. 5 IN CNAME missing.docker."], []),
-    ("outside.docker", "A", "NOERROR", ["outside.docker. 5 IN CNAME www.example.org."], []),
+    ("api.example.test", "TXT", "NOERROR", ["api.example.test. 5 IN CNAME web.docker."], [SOA_NEG]),
+    ("db.example.test", "A", "NOERROR", ["db.example.test. 5 IN A 192.0.2.7"], []),
+    ("db.example.test", "MX", "NOERROR", [], []),
+    ("dangling.docker", "A", "NXDOMAIN", ["dangling.docker. 5 IN CNAME missing.docker."], [SOA_NEG]),
     ("loop1.docker", "A", "NOERROR",
      ["loop1.docker. 5 IN CNAME loop2.docker.", "loop2.docker. 5 IN CNAME loop1.docker."], []),
     ("2.0.1.10.in-addr.arpa", "PTR", "NOERROR", ["2.0.1.10.in-addr.arpa. 5 IN PTR web.docker."], []),
@@ -116,7 +118,7 @@ def test_table_driven(name: str, qtype: str, rcode: str, answer: list[str], auth
     """Each query gets exactly the rcode, answer and authority written as zone text."""
     reply = answered(ask(name, qtype))
     assert RCODE.get(reply.header.rcode) == rcode
-    assert reply.header.aa == 1
+    assert reply.header.aa == (0 if name == "gateway" else 1)  # a single label is no authority
     assert zone_lines(reply.rr) == [line.format(serial=SERIAL) for line in answer]
     assert zone_lines(reply.auth) == [line.format(serial=SERIAL) for line in authority]
 
@@ -136,17 +138,17 @@ def test_not_ours_is_forwarded(name: str) -> None:
 
 def test_not_ours_refused_without_forwarding() -> None:
     """With forwarding off, a name that is not ours gets REFUSED."""
-    policy = Policy(zone="docker.", allow=DEFAULT_ALLOW, forwarding=False)
+    policy = Policy(allow=DEFAULT_ALLOW, forwarding=False)
     reply = answered(ask("example.org", policy=policy))
     assert reply.header.rcode == RCODE.REFUSED
     assert reply.header.ra == 0
 
 
 def test_absolute_table_name_other_type_is_nodata_without_soa() -> None:
-    """A table name outside the zone answers NOERROR, empty, for another type."""
-    reply = answered(ask("api.example.test", "MX"))
-    assert reply.header.rcode == RCODE.NOERROR
-    assert zone_lines(reply.rr) == ["api.example.test. 5 IN CNAME web.docker."]
+    """A table name outside the zone answers NOERROR, empty, for another type, with no SOA of ours."""
+    reply = answered(ask("db.example.test", "MX"))
+    assert reply.header.rcode == RCODE.NOERROR and reply.header.aa == 1
+    assert not reply.rr and not reply.auth
 
 
 def test_client_outside_allow_refused() -> None:
@@ -242,11 +244,15 @@ def test_name_kept_when_one_owner_goes() -> None:
 
 def test_name_server_has_an_address() -> None:
     """ns.<zone>, which the apex NS and SOA name, answers with the addresses dockerdns listens on."""
-    policy = Policy(zone="docker.", allow=DEFAULT_ALLOW, ns_addresses=("127.0.0.1", "172.17.0.1", "::1"))
-    assert sorted(zone_lines(answered(ask("ns.docker", "A", policy=policy)).rr)) == [
-        "ns.docker. 5 IN A 127.0.0.1", "ns.docker. 5 IN A 172.17.0.1"]
-    assert zone_lines(answered(ask("ns.docker", "AAAA", policy=policy)).rr) == ["ns.docker. 5 IN AAAA ::1"]
-    reply = answered(ask("ns.docker", "TXT", policy=policy))
+    table = make_table()
+    table.replace(SERVER, [Record("ns.docker.", "AAAA" if ":" in a else "A", a, 5, SERVER, "dockerdns")
+                           for a in ("127.0.0.1", "172.17.0.1", "::1")])
+    snap = table.snapshot
+    assert sorted(zone_lines(answered(resolve(DNSRecord.question("ns.docker", "A"), snap, "127.0.0.1", POLICY)).rr)) \
+        == ["ns.docker. 5 IN A 127.0.0.1", "ns.docker. 5 IN A 172.17.0.1"]
+    reply = answered(resolve(DNSRecord.question("ns.docker", "AAAA"), snap, "127.0.0.1", POLICY))
+    assert zone_lines(reply.rr) == ["ns.docker. 5 IN AAAA ::1"]
+    reply = answered(resolve(DNSRecord.question("ns.docker", "TXT"), snap, "127.0.0.1", POLICY))
     assert reply.header.rcode == RCODE.NOERROR and not reply.rr  # NODATA: the name exists
     assert answered(ask("ns.docker", "A")).header.rcode == RCODE.NXDOMAIN  # nothing bound, nothing to say
 
@@ -254,7 +260,10 @@ def test_name_server_has_an_address() -> None:
 def test_a_container_named_ns_wins() -> None:
     """A container or static record called ns takes the name; the listen addresses step aside."""
     table = make_table()
+    table.replace(SERVER, [Record("ns.docker.", "A", "127.0.0.1", 5, SERVER, "dockerdns")])
     table.replace("c9", [Record("ns.docker.", "A", "10.9.9.9", 5, "c9", "ns")])
-    policy = Policy(zone="docker.", allow=DEFAULT_ALLOW, ns_addresses=("127.0.0.1",))
-    reply = answered(resolve(DNSRecord.question("ns.docker"), table.snapshot, "127.0.0.1", policy))
+    reply = answered(resolve(DNSRecord.question("ns.docker"), table.snapshot, "127.0.0.1", POLICY))
     assert zone_lines(reply.rr) == ["ns.docker. 5 IN A 10.9.9.9"]
+    table.remove("c9")
+    reply = answered(resolve(DNSRecord.question("ns.docker"), table.snapshot, "127.0.0.1", POLICY))
+    assert zone_lines(reply.rr) == ["ns.docker. 5 IN A 127.0.0.1"]

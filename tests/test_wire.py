@@ -16,7 +16,7 @@ from dockerdns.table import RecordTable
 
 TABLE = RecordTable("docker")
 TABLE.replace("static", [Record("web.docker.", "A", f"10.0.0.{i}", 5) for i in range(1, 60)])
-POLICY = Policy(zone="docker.", allow=DEFAULT_ALLOW)
+POLICY = Policy(allow=DEFAULT_ALLOW)
 
 
 def test_short_packet_dropped() -> None:

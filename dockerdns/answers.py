@@ -1,0 +1,362 @@
+"""The answer index: ready wire-format answers for every name the table holds, built with the table.
+
+Rule 1: work that depends only on the table is done when the table changes,
+        by the writer, for the names the change touched (and the names whose
+        CNAME chains pass through them). A query does the rest: read the
+        question, find the ready answer, patch id, flags and question in,
+        append the OPT, decide truncation from sizes known in advance.
+Rule 2: the index is part of the snapshot it was built for (snapshot.py
+        Rule 2): a query reads `table.snapshot` once, so no answer of an
+        older table can be served after the swap.
+Rule 3: an entry holds what `resolver.lookup` says for its name, packed by
+        `wire.pack`: the sections after the question do not depend on the
+        question's letter case or position (wire.py Rule 3), so one entry
+        serves every letter case, and single labels ("db") too.
+Rule 4: rotation: each address of a rotating RRset comes first in turn, on
+        a counter of its own (so queries for other names or types never
+        skip a turn). Up to `PREBUILT_ROTATIONS` orders are packed in
+        advance; longer RRsets are rotated by joining their records.
+Rule 5: source-aware answers (a client's own networks first) are built only
+        for RRsets whose records span networks, once per set of the
+        client's networks among them, on first use; every other client
+        shares one answer.
+Rule 6: what the index does not hold goes to the full resolver: other
+        opcodes, several questions, anything malformed or over
+        `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
+        the zone, ANY, and answers that need the forwarder or the SOA after
+        a CNAME chain.
+
+Pure: no sockets, threads or clocks. Entries are immutable once published,
+but for the per-entry rotation counters (`next()` on an itertools.count is
+atomic under CPython's GIL) and the memo of source-aware variants (a dict
+that only gains entries that are right for it); any number of threads may
+call `answer` at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from dnslib import QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
+
+from .records import Record, in_zone
+from .resolver import EDNS_PAYLOAD, Lookup, Resolution, lookup, rdata, soa_rr, source_aware
+from .snapshot import Snapshot
+from .wire import pack
+
+PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
+MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
+MAX_VARIANTS = 64  # source-aware variants remembered per RRset
+CLASSIC_UDP_LIMIT = 512
+HEADER_LEN = 12
+
+QR, AA, TC = 0x8000, 0x0400, 0x0200
+NOERROR, NXDOMAIN = 0, 3
+TYPE_A, TYPE_AAAA, TYPE_ANY = b"\x00\x01", b"\x00\x1c", b"\x00\xff"
+CLASS_IN = b"\x00\x01"
+NO_OTHER_RECORDS = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+# Our OPT (RFC 6891): payload size, extended rcode 0, version 0, DO as asked (RFC 3225), no options.
+OPT_PLAIN = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0, 0)
+OPT_DO = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0x8000, 0)
+
+
+class Ready:
+    """The answer to one (name, type): header flags, counts and the sections after the question."""
+
+    __slots__ = ("flags", "counts", "counts_opt", "bodies", "chunks", "head", "tail", "size", "turns",
+                 "networks", "variants", "found", "rotating")
+
+    def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
+                 chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
+        self.flags = flags  # QR, AA and the rcode; RD and RA are added per query
+        self.counts = struct.pack("!HHHH", 1, an, ns, ar)
+        self.counts_opt = struct.pack("!HHHH", 1, an, ns, ar + 1)
+        self.bodies = bodies  # one per rotation (Rule 4); empty when `chunks` are joined instead
+        self.chunks = chunks  # the rotating records, for RRsets longer than PREBUILT_ROTATIONS
+        self.head, self.tail = head, tail  # what comes before and after the chunks
+        self.size = len(bodies[0]) if bodies else len(head) + sum(map(len, chunks)) + len(tail)
+        self.turns = itertools.count()
+        self.networks: frozenset[str] = frozenset()  # non-empty: source-aware (Rule 5)
+        self.variants: dict[frozenset[str], Ready] = {}
+        self.found: Resolution | None = None  # what it was built from, for source-aware variants
+        self.rotating = -1  # the index of the rotating RRset in found.answer
+
+    def body(self) -> bytes:
+        bodies = self.bodies
+        if len(bodies) == 1:
+            return bodies[0]
+        if bodies:
+            return bodies[next(self.turns) % len(bodies)]
+        chunks = self.chunks
+        k = next(self.turns) % len(chunks)
+        return b"".join((self.head, *chunks[k:], *chunks[:k], self.tail))
+
+
+class Entry:
+    """The ready answers of one name: by query type, and for every other type."""
+
+    __slots__ = ("types", "other")
+
+    def __init__(self, types: dict[bytes, Ready | None], other: Ready | None | str):
+        self.types = types  # 2-byte QTYPE -> answer; None: the full resolver answers it
+        self.other = other  # NODATA (the snapshot's), EMPTY (outside the zone), or None: full resolver
+
+
+NODATA = "nodata"  # `Entry.other`: the snapshot's own NODATA (its SOA serial changes with the table)
+EMPTY_AA = Ready(QR | AA, 0, 0, 0)  # a name we hold outside the zone, another type: NOERROR, no SOA
+EMPTY = Ready(QR, 0, 0, 0)  # a single label without the type: NODATA without an out-of-bailiwick SOA
+ENT = Entry({}, NODATA)  # an empty non-terminal of the zone: NODATA for every type, RFC 8020
+
+
+def wire_name(name: str) -> bytes:
+    """The lower-case wire format of an absolute name ("db.docker." -> b"\\x02db\\x06docker\\x00")."""
+    labels = [label.encode("ascii") for label in name.rstrip(".").split(".") if label] if name != "." else []
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+
+
+# --- Built by the writer ---------------------------------------------------------
+
+
+def negatives(snapshot: Snapshot) -> tuple[Ready, Ready]:
+    """The snapshot's NODATA and NXDOMAIN: its SOA in authority (RFC 2308 section 3)."""
+    body = _pack_records([], [soa_rr(snapshot)], DNSQuestion("."))[0]
+    return Ready(QR | AA | NOERROR, 0, 1, 0, (body,)), Ready(QR | AA | NXDOMAIN, 0, 1, 0, (body,))
+
+
+def entry_for(name: str, snapshot: Snapshot) -> Entry | None:
+    """The ready answers of `name` (absolute, lower-case) in `snapshot`; None when it has none."""
+    rrsets = snapshot.names.get(name)
+    zone = snapshot.zone
+    if name == zone:
+        rtypes = {"SOA", "NS", *(rrsets or ())}
+    elif rrsets is None:
+        return ENT if name in snapshot.ents and in_zone(name, zone) else None
+    else:
+        rtypes = set(rrsets)
+    if "CNAME" in rtypes:
+        rtypes |= {"A", "AAAA"}  # the chain's answers for the types nearly everyone asks
+    apex = snapshot if name == zone else None  # rebuilt with every table (Rule 1): its SOA may be packed
+    types: dict[bytes, Ready | None] = {}
+    for rtype in rtypes:
+        qtype = getattr(QTYPE, rtype)
+        types[struct.pack("!H", qtype)] = ready(name, qtype, lookup(name, qtype, snapshot), snapshot=apex)
+    other: Ready | None | str
+    if rrsets is not None and "CNAME" in rrsets:
+        other = None  # a chain for a rarer type: the full resolver
+    elif apex is not None:
+        other = ready(name, QTYPE.NULL, lookup(name, QTYPE.NULL, snapshot), snapshot=apex)
+    else:
+        other = NODATA if in_zone(name, zone) else EMPTY_AA
+    return Entry(types, other)
+
+
+def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None = None,
+          snapshot: Snapshot | None = None) -> Ready | None:
+    """`found` packed; None when only the full resolver can answer it (Rule 6).
+
+    `near` is None for the answer every client shares, else the networks of
+    a client among those of the rotating RRset (Rule 5). A negative answer
+    after a CNAME carries the SOA, whose serial changes with every table:
+    it is packed only when `snapshot` is given (the apex, rebuilt each time).
+    """
+    if found.outcome is Lookup.NOT_OURS or found.rest is not None or (found.soa and snapshot is None):
+        return None
+    authority = [soa_rr(snapshot)] if found.soa and snapshot is not None else []
+    flags = QR | (AA if found.authoritative else 0) | found.rcode
+    question = DNSQuestion(name, qtype)
+    rotating = next((i for i, step in enumerate(found.answer) if step.rotates), -1)
+    if rotating < 0:
+        body, _ = _pack_steps(question, found, -1, [], authority)
+        return Ready(flags, len(_records(found)), len(authority), 0, (body,))
+    records = found.answer[rotating].records
+    rows = list(records) if near is None else _near(records, near)
+    count = len(_records(found)) - len(records) + len(rows)
+    if len(rows) <= PREBUILT_ROTATIONS:
+        bodies = tuple(_pack_steps(question, found, rotating, rows[k:] + rows[:k])[0] for k in range(len(rows)))
+        built = Ready(flags, count, 0, 0, bodies)
+    else:
+        body, spans = _pack_steps(question, found, rotating, rows)
+        chunks = tuple(body[start:end] for start, end in spans)
+        built = Ready(flags, count, 0, 0, (), chunks, body[:spans[0][0]], body[spans[-1][1]:])
+    spanned = {rec.network for rec in records}
+    if near is None and len(spanned) > 1:  # Rule 5: a client's networks can change this answer
+        built.networks = frozenset(net for net in spanned if net is not None)
+        built.found, built.rotating = found, rotating
+    return built
+
+
+def _near(records: Iterable[Record], near: frozenset[str]) -> list[Record]:
+    """What `resolver.source_aware` keeps for a client whose networks among these records' are `near`."""
+    return source_aware(list(records), near or frozenset({""}))
+
+
+def _records(found: Resolution) -> list[Record]:
+    return [rec for step in found.answer for rec in step.records]
+
+
+def _pack_steps(question: DNSQuestion, found: Resolution, rotating: int, rows: list[Record],
+                authority: list[RR] | None = None) -> tuple[bytes, list[tuple[int, int]]]:
+    """The sections after the question of `found`, the rotating RRset as `rows`; and where those rows lie."""
+    rrs: list[RR] = []
+    first = 0
+    for index, step in enumerate(found.answer):
+        if index == rotating:
+            first = len(rrs)
+        records = rows if index == rotating else step.records
+        rrs.extend(RR(step.owner, getattr(QTYPE, r.rtype), ttl=r.ttl, rdata=rdata(r.rtype, r.value)) for r in records)
+    body, spans = _pack_records(rrs, authority or [], question)
+    return body, (spans[first:first + len(rows)] if rotating >= 0 else [])
+
+
+def _pack_records(answer: list[RR], authority: list[RR],
+                  question: DNSQuestion | None = None) -> tuple[bytes, list[tuple[int, int]]]:
+    """The sections after the question, packed as wire.pack does, and the answer records' spans in them."""
+    message = DNSRecord(DNSHeader(qr=1), q=question)
+    for rr in answer:
+        message.add_answer(rr)
+    for rr in authority:
+        message.add_auth(rr)
+    data, spans = pack(message)
+    # The question was written out (wire.py Rule 3): its name ends at its first zero byte.
+    start = data.index(0, HEADER_LEN) + 5 if question is not None else HEADER_LEN
+    return data[start:], [(a - start, b - start) for a, b in spans]
+
+
+def variant(base: Ready, near: frozenset[str]) -> Ready:
+    """`base` for a client whose networks among the RRset's are `near`, built on first use (Rule 5)."""
+    found = base.variants.get(near)
+    if found is None:
+        assert base.found is not None
+        built = ready(base.found.answer[0].owner, QTYPE.A, base.found, near)
+        assert built is not None
+        variants = base.variants
+        if len(variants) >= MAX_VARIANTS:
+            variants = base.variants = {}  # replaced whole: readers in other threads keep theirs
+        variants[near] = found = built
+    return found
+
+
+# --- Read by the query path -------------------------------------------------------
+
+
+class Question(NamedTuple):
+    """What the query path reads of a query: nothing else of it is looked at (Rule 1)."""
+
+    key: bytes  # the name in wire format, lower-case
+    qtype: bytes  # 2 bytes
+    end: int  # the offset after the question
+    opt: bytes  # the OPT to answer with (ours, DO as asked), or b"" without EDNS
+    udp_limit: int  # the largest UDP answer this client takes
+
+
+def question(data: bytes) -> Question | None:
+    """The question of a plain query (Rule 6), or None: then the full resolver reads it."""
+    size = len(data)
+    if size < 17 or size > MAX_FAST_QUERY or data[2] & 0xF8 or data[4:10] != NO_OTHER_RECORDS:
+        return None  # QR set, an opcode other than QUERY, or not exactly one question
+    end = data.find(0, HEADER_LEN)  # the end of the name, if it has no pointer (checked by the index lookup)
+    qend = end + 5
+    if end < 0 or qend > size or data[end + 3:qend] != CLASS_IN:
+        return None
+    arcount = data[10:12]
+    if arcount == b"\x00\x00":
+        if qend != size:
+            return None
+        return Question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, b"", CLASSIC_UDP_LIMIT)
+    if arcount != b"\x00\x01":
+        return None
+    # The OPT right after the question: root owner, type, payload, ext-rcode, version, flags, rdlen.
+    if size < qend + 11 or data[qend:qend + 3] != OPT_HEAD or data[qend + 6]:
+        return None  # not an OPT, or an EDNS version other than 0 (BADVERS: the full resolver)
+    if qend + 11 + int.from_bytes(data[qend + 9:qend + 11], "big") != size:
+        return None
+    # Options (cookies included) are ignored, as RFC 7873 section 5.2 allows a server without cookies.
+    opt = OPT_DO if data[qend + 7] & 0x80 else OPT_PLAIN
+    udp_limit = min(max(int.from_bytes(data[qend + 3:qend + 5], "big"), CLASSIC_UDP_LIMIT), EDNS_PAYLOAD)
+    return Question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, opt, udp_limit)
+
+
+def answer(data: bytes, q: Question, snapshot: Snapshot, ra: bool, client: str,
+           limit: int | None = None) -> bytes | None:
+    """The answer to the query `data` (whose question is `q`) from the index, or None (Rule 6).
+
+    `limit` is the transport's: None for UDP (the client's EDNS size, capped
+    at ours, or 512), the TCP maximum otherwise.
+    """
+    if q.qtype == TYPE_ANY:
+        return None
+    key, qtype = q.key, q.qtype
+    aa = AA
+    entry = snapshot.index.get(key)
+    found: Ready | None | str
+    if entry is not None:
+        found = entry.types.get(qtype, entry.other)
+    else:
+        labels = _labels(key)
+        if labels is None:
+            return None  # malformed: the full resolver answers FORMERR
+        if labels == 1:
+            # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
+            if qtype != TYPE_A and qtype != TYPE_AAAA:
+                return None
+            entry = snapshot.index.get(key[:-1] + wire_name(snapshot.zone))
+            if entry is None:
+                return None  # not ours: forwarded
+            found = entry.types.get(qtype, entry.other)
+            if found is NODATA:
+                found = EMPTY
+            aa = 0
+        elif _in_zone(key, wire_name(snapshot.zone)):
+            found = snapshot.nxdomain
+        else:
+            return None  # not ours: forwarded
+    if found is None:
+        return None
+    if found is NODATA:
+        found = snapshot.nodata
+    assert isinstance(found, Ready)
+    if found.networks:
+        networks = snapshot.networks_of(client)
+        if networks:
+            found = variant(found, networks & found.networks)
+    flags = (found.flags if aa else found.flags & ~AA) | (data[2] & 0x01) << 8 | (0x80 if ra else 0)
+    return assemble(data, q, flags, found.counts_opt if q.opt else found.counts, found.size, found.body,
+                    q.udp_limit if limit is None else limit)
+
+
+def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, body: Callable[[], bytes],
+             limit: int) -> bytes:
+    """The answer on the wire: the query's id and question, then `body`; TC when it exceeds `limit`."""
+    opt = q.opt
+    if q.end + size + len(opt) > limit:
+        # RFC 2181 section 9: too large for this client over UDP: the header, question and OPT, with TC.
+        counts = b"\x00\x01\x00\x00\x00\x00\x00\x01" if opt else b"\x00\x01\x00\x00\x00\x00\x00\x00"
+        return b"".join((data[:2], (flags | TC).to_bytes(2, "big"), counts, data[HEADER_LEN:q.end], opt))
+    return b"".join((data[:2], flags.to_bytes(2, "big"), counts, data[HEADER_LEN:q.end], body(), opt))
+
+
+def _labels(key: bytes) -> int | None:
+    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed."""
+    pos, count, last = 0, 0, len(key) - 1
+    while pos < last:
+        length = key[pos]
+        if length > 63:
+            return None  # a pointer, or a reserved label type: the full resolver decides
+        pos += length + 1
+        count += 1
+    return count if pos == last and len(key) <= 255 else None
+
+
+def _in_zone(key: bytes, zone: bytes) -> bool:
+    """True when the wire name `key` (valid, lower-case) is `zone` or below it, on a label boundary."""
+    if not key.endswith(zone):
+        return False
+    cut = len(key) - len(zone)
+    pos = 0
+    while pos < cut:
+        pos += key[pos] + 1
+    return pos == cut

@@ -1,0 +1,3 @@
+a.docker A
+b.docker A
+a.docker AAAA
