@@ -20,6 +20,13 @@ Rule 5: source-aware answers (a client's own networks first) are built only
         for RRsets whose records span networks, once per set of the
         client's networks among them, on first use; every other client
         shares one answer.
+Rule 7: a query seen before on the same snapshot skips the reading: what
+        was read of it (its ready answer, flags, sizes) is remembered by its
+        bytes after the id, in the snapshot (`Snapshot.queries`), for plain
+        queries only: at most `MAX_FAST_QUERY` bytes, no EDNS option but a
+        cookie, and an answer that does not depend on the client's
+        networks. At most `MAX_REMEMBERED` queries; past it, the memo starts
+        over. Rotation still turns per answer.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
         `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
@@ -50,6 +57,8 @@ from .wire import pack
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
 MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
 MAX_VARIANTS = 64  # source-aware variants remembered per RRset
+MAX_REMEMBERED = 8192  # queries remembered per snapshot (Rule 7)
+COOKIE = b"\x00\x0a"  # EDNS option code 10, RFC 7873
 CLASSIC_UDP_LIMIT = 512
 HEADER_LEN = 12
 
@@ -62,6 +71,9 @@ OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 # Our OPT (RFC 6891): payload size, extended rcode 0, version 0, DO as asked (RFC 3225), no options.
 OPT_PLAIN = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0, 0)
 OPT_DO = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0x8000, 0)
+TC_COUNTS = struct.pack("!HHHH", 1, 0, 0, 0)  # a truncated answer: the question alone ...
+TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)  # ... and the OPT
+_H = struct.Struct("!H").pack
 
 
 class Ready:
@@ -280,52 +292,101 @@ def question(data: bytes) -> Question | None:
     return Question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, opt, udp_limit)
 
 
-def answer(data: bytes, q: Question, snapshot: Snapshot, ra: bool, client: str,
-           limit: int | None = None) -> bytes | None:
-    """The answer to the query `data` (whose question is `q`) from the index, or None (Rule 6).
+def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | None = None) -> bytes | None:
+    """The answer to the query `data` from the index, or None: then the full resolver answers (Rule 6).
 
     `limit` is the transport's: None for UDP (the client's EDNS size, capped
-    at ours, or 512), the TCP maximum otherwise.
+    at ours, or 512), the TCP maximum otherwise. This is the hot path: it
+    reads what `question` reads, inline.
     """
-    if q.qtype == TYPE_ANY:
-        return None
-    key, qtype = q.key, q.qtype
-    aa = AA
-    entry = snapshot.index.get(key)
-    found: Ready | None | str
-    if entry is not None:
-        found = entry.types.get(qtype, entry.other)
+    ready_: Ready
+    remembered = snapshot.queries.get(data[2:])
+    if remembered is not None:
+        ready_, heads, size, qend, opt, udp_limit = remembered
+        if size <= (udp_limit if limit is None else limit):
+            bodies = ready_.bodies
+            return b"".join((data[:2], heads[ra], data[HEADER_LEN:qend],
+                             bodies[0] if len(bodies) == 1 else ready_.body(), opt))
+        flags = int.from_bytes(heads[ra][:2], "big")
     else:
-        labels = _labels(key)
-        if labels is None:
-            return None  # malformed: the full resolver answers FORMERR
-        if labels == 1:
-            # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
-            if qtype != TYPE_A and qtype != TYPE_AAAA:
+        size = len(data)
+        if size < 17 or size > MAX_FAST_QUERY or data[2] & 0xF8 or data[4:10] != NO_OTHER_RECORDS:
+            return None
+        end = data.find(0, HEADER_LEN)
+        qend = end + 5
+        if end < 0 or qend > size or data[end + 3:qend] != CLASS_IN:
+            return None
+        arcount = data[10:12]
+        plain = True
+        if arcount == b"\x00\x00":
+            if qend != size:
                 return None
-            entry = snapshot.index.get(key[:-1] + wire_name(snapshot.zone))
-            if entry is None:
-                return None  # not ours: forwarded
-            found = entry.types.get(qtype, entry.other)
-            if found is NODATA:
-                found = EMPTY
-            aa = 0
-        elif _in_zone(key, wire_name(snapshot.zone)):
-            found = snapshot.nxdomain
+            opt = b""
+            udp_limit = CLASSIC_UDP_LIMIT
+        elif arcount == b"\x00\x01":
+            if size < qend + 11 or data[qend:qend + 3] != OPT_HEAD or data[qend + 6] or \
+                    qend + 11 + int.from_bytes(data[qend + 9:qend + 11], "big") != size:
+                return None
+            opt = OPT_DO if data[qend + 7] & 0x80 else OPT_PLAIN
+            udp_limit = min(max(int.from_bytes(data[qend + 3:qend + 5], "big"), CLASSIC_UDP_LIMIT), EDNS_PAYLOAD)
+            plain = size == qend + 11 or (data[qend + 11:qend + 13] == COOKIE and size <= qend + 55)
         else:
-            return None  # not ours: forwarded
-    if found is None:
-        return None
-    if found is NODATA:
-        found = snapshot.nodata
-    assert isinstance(found, Ready)
-    if found.networks:
-        networks = snapshot.networks_of(client)
-        if networks:
-            found = variant(found, networks & found.networks)
-    flags = (found.flags if aa else found.flags & ~AA) | (data[2] & 0x01) << 8 | (0x80 if ra else 0)
-    return assemble(data, q, flags, found.counts_opt if q.opt else found.counts, found.size, found.body,
-                    q.udp_limit if limit is None else limit)
+            return None
+        qtype = data[end + 1:end + 3]
+        if qtype == TYPE_ANY:
+            return None
+        key = data[HEADER_LEN:end + 1].lower()
+        aa = AA
+        entry = snapshot.index.get(key)
+        found: Ready | None | str
+        if entry is not None:
+            found = entry.types.get(qtype, entry.other)
+        else:
+            labels = _labels(key)
+            if labels is None:
+                return None  # malformed: the full resolver answers FORMERR
+            if labels == 1:
+                # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
+                if qtype != TYPE_A and qtype != TYPE_AAAA:
+                    return None
+                entry = snapshot.index.get(key[:-1] + snapshot.zone_wire)
+                if entry is None:
+                    return None  # not ours: forwarded
+                found = entry.types.get(qtype, entry.other)
+                if found is NODATA:
+                    found = EMPTY
+                aa = 0
+            elif _in_zone(key, snapshot.zone_wire):
+                found = snapshot.nxdomain
+            else:
+                return None  # not ours: forwarded
+        if found is None:
+            return None
+        if found is NODATA:
+            found = snapshot.nodata
+        assert isinstance(found, Ready)
+        ready_ = found
+        flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
+        if plain and not ready_.networks:
+            memo = snapshot.queries
+            if len(memo) >= MAX_REMEMBERED:
+                memo.clear()  # Rule 7: a stranger's variety costs a re-reading, never memory
+            counts = ready_.counts_opt if opt else ready_.counts
+            heads = (_H(flags) + counts, _H(flags | 0x80) + counts)
+            memo[data[2:]] = (ready_, heads, qend + ready_.size + len(opt), qend, opt, udp_limit)
+        if ready_.networks:
+            networks = snapshot.networks_of(client)
+            if networks:
+                ready_ = variant(ready_, networks & ready_.networks)
+        flags |= 0x80 if ra else 0
+    if limit is None:
+        limit = udp_limit
+    if qend + ready_.size + len(opt) > limit:
+        # RFC 2181 section 9: too large for this client: the header, question and OPT, with TC.
+        return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:qend], opt))
+    bodies = ready_.bodies
+    return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
+                     bodies[0] if len(bodies) == 1 else ready_.body(), opt))
 
 
 def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, body: Callable[[], bytes],
@@ -334,9 +395,8 @@ def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, bod
     opt = q.opt
     if q.end + size + len(opt) > limit:
         # RFC 2181 section 9: too large for this client over UDP: the header, question and OPT, with TC.
-        counts = b"\x00\x01\x00\x00\x00\x00\x00\x01" if opt else b"\x00\x01\x00\x00\x00\x00\x00\x00"
-        return b"".join((data[:2], (flags | TC).to_bytes(2, "big"), counts, data[HEADER_LEN:q.end], opt))
-    return b"".join((data[:2], flags.to_bytes(2, "big"), counts, data[HEADER_LEN:q.end], body(), opt))
+        return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:q.end], opt))
+    return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body(), opt))
 
 
 def _labels(key: bytes) -> int | None:

@@ -57,6 +57,8 @@ class Responder:
         self._turns = itertools.count()  # rotation turns of the full path
         self._ticks = itertools.count()  # answers from the index, for sampling their latency
         self._allowed: tuple[Policy, dict[str, bool]] = (policy, {})
+        self._ra = policy.forwarding
+        self._by_qtype: dict[bytes, list[itertools.count]] = {}  # 2-byte QTYPE -> UDP counters by rcode
         self._overflow = Sparse(log, "forward: too many queries in flight, answering SERVFAIL")
         self._upstream_failed = Sparse(log, "forward: no upstream answered, answering SERVFAIL")
         self._looped = Sparse(log, "forward: a query of ours came back to us, answering SERVFAIL")
@@ -69,6 +71,7 @@ class Responder:
     @policy.setter
     def policy(self, policy: Policy) -> None:
         self._allowed = (policy, {})  # replaced whole: the memo belongs to the policy it was made for
+        self._ra = policy.forwarding
 
     def allowed(self, client: str) -> bool:
         """True when `client` is inside `allow` (Rule 2); remembered per policy."""
@@ -86,24 +89,45 @@ class Responder:
         timed = not next(self._ticks) % FAST_SAMPLE
         if timed:
             started = time.perf_counter()
-        if not self.allowed(client):
+        if not self._allowed[1].get(client) and not self.allowed(client):
             return None
-        q = answers.question(data)
-        if q is None:
-            return None
-        out = self._local(data, q, client, None)
+        out = answers.answer(data, self.table.snapshot, self._ra, client)
         if out is None:
-            return None
-        next(self.stats.counter(QTYPE_LABELS.get(q.qtype, "other"), "udp", RCODES[out[3] & 0x0F]))
+            q = answers.question(data)
+            if q is None:
+                return None
+            out = self._cached(data, q, None)
+            if out is None:
+                return None
+        end = out.find(0, answers.HEADER_LEN)
+        counters = self._by_qtype.get(out[end + 1:end + 3]) or self._udp_counters(out)
+        next(counters[out[3] & 0x0F])
         if timed:
             self.stats.fast_latency.observe(time.perf_counter() - started)
         return out
 
-    def _local(self, data: bytes, q: answers.Question, client: str, limit: int | None) -> bytes | None:
+    def _udp_counters(self, out: bytes) -> list[itertools.count]:
+        """The UDP query counters by rcode for the type of the answer `out` (its question ends at a zero)."""
+        end = out.find(0, answers.HEADER_LEN)
+        qtype = out[end + 1:end + 3]
+        counters = self._by_qtype.get(qtype)
+        if counters is None:
+            label = QTYPE_LABELS.get(qtype, "other")
+            counters = [self.stats.counter(label, "udp", RCODES[code]) for code in range(16)]
+            if label != "other" or len(self._by_qtype) < len(QTYPE_LABELS) + 1:
+                self._by_qtype[qtype] = counters
+        return counters
+
+    def _local(self, data: bytes, client: str, limit: int | None) -> bytes | None:
         """From the index (Rule 3), else from the upstream cache; None when neither has it."""
-        out = answers.answer(data, q, self.table.snapshot, self.policy.forwarding, client, limit)
+        out = answers.answer(data, self.table.snapshot, self._ra, client, limit)
         if out is not None:
             return out
+        q = answers.question(data)
+        return None if q is None else self._cached(data, q, limit)
+
+    def _cached(self, data: bytes, q: answers.Question, limit: int | None) -> bytes | None:
+        """The answer from the upstream cache (Rule 4), or None."""
         found = self.cache.get((q.key, q.qtype, q.opt == answers.OPT_DO), time.monotonic())
         if found is None:
             return None
@@ -121,11 +145,12 @@ class Responder:
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
         started = time.perf_counter()
         limit = wire.TCP_LIMIT if transport == "tcp" else None
-        q = answers.question(data) if transport == "tcp" and self.allowed(client) else None
-        if q is not None:
-            out = self._local(data, q, client, limit)
+        if transport == "tcp" and self.allowed(client):
+            out = self._local(data, client, limit)
             if out is not None:
-                next(self.stats.counter(QTYPE_LABELS.get(q.qtype, "other"), transport, RCODES[out[3] & 0x0F]))
+                end = out.find(0, answers.HEADER_LEN)
+                label = QTYPE_LABELS.get(out[end + 1:end + 3], "other")
+                next(self.stats.counter(label, transport, RCODES[out[3] & 0x0F]))
                 reply(out)
                 self.stats.latency.observe(time.perf_counter() - started)
                 return

@@ -107,6 +107,9 @@ class Snapshot:
     nodata: Any = None
     nxdomain: Any = None
     client_networks: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    # Queries seen on this snapshot -> what answers.answer read of them (answers.py Rule 7).
+    queries: dict[bytes, Any] = field(default_factory=dict, compare=False)
+    zone_wire: bytes = b"\x06docker\x00"  # the zone in wire format
 
     def exists(self, name: str) -> bool:
         return name in self.names or name in self.ents

@@ -60,7 +60,8 @@ class RecordTable:
         self._hosts: dict[str, int] = {}  # container address -> how many records hold it
         self._aliases: dict[str, set[str]] = {}  # CNAME target -> the names whose CNAME points at it
         self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
-        empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl)
+        empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl,
+                         zone_wire=answers.wire_name(zone_name(zone)))
         self.snapshot = self._finish(empty, {empty.zone}, rebuild=True)
 
     def replace(self, owner: str, records: Iterable[Record]) -> None:
@@ -199,7 +200,7 @@ class RecordTable:
             affected |= frontier
         affected.add(snapshot.zone)  # the apex's SOA serial is the generation
         nodata, nxdomain = answers.negatives(snapshot)
-        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain)
+        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain, queries={})
         index: dict[bytes, object] = {}
         for name in affected:
             if not (in_zone(name, snapshot.zone) or name in snapshot.names):
