@@ -80,7 +80,7 @@ class Ready:
     """The answer to one (name, type): header flags, counts and the sections after the question."""
 
     __slots__ = ("flags", "counts", "counts_opt", "bodies", "chunks", "head", "tail", "size", "turns",
-                 "networks", "variants", "found", "rotating")
+                 "networks", "variants", "found", "rotating", "soa")
 
     def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
                  chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
@@ -96,6 +96,7 @@ class Ready:
         self.variants: dict[frozenset[str], Ready] = {}
         self.found: Resolution | None = None  # what it was built from, for source-aware variants
         self.rotating = -1  # the index of the rotating RRset in found.answer
+        self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
 
     def body(self) -> bytes:
         bodies = self.bodies
@@ -175,15 +176,20 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
     after a CNAME carries the SOA, whose serial changes with every table:
     it is packed only when `snapshot` is given (the apex, rebuilt each time).
     """
-    if found.outcome is Lookup.NOT_OURS or found.rest is not None or (found.soa and snapshot is None):
+    if found.outcome is Lookup.NOT_OURS or found.rest is not None:
         return None
+    # The SOA's serial changes with every table: the apex packs it (it is built anew each
+    # time); other names take the snapshot's own at query time (Ready.soa).
     authority = [soa_rr(snapshot)] if found.soa and snapshot is not None else []
+    later_soa = found.soa and snapshot is None
     flags = QR | (AA if found.authoritative else 0) | found.rcode
     question = DNSQuestion(name, qtype)
     rotating = next((i for i, step in enumerate(found.answer) if step.rotates), -1)
     if rotating < 0:
         body, _ = _pack_steps(question, found, -1, [], authority)
-        return Ready(flags, len(_records(found)), len(authority), 0, (body,))
+        built = Ready(flags, len(_records(found)), len(authority) + later_soa, 0, (body,))
+        built.soa = later_soa
+        return built
     records = found.answer[rotating].records
     rows = list(records) if near is None else _near(records, near)
     count = len(_records(found)) - len(records) + len(rows)
@@ -194,6 +200,7 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
         body, spans = _pack_steps(question, found, rotating, rows)
         chunks = tuple(body[start:end] for start, end in spans)
         built = Ready(flags, count, 0, 0, (), chunks, body[:spans[0][0]], body[spans[-1][1]:])
+    built.soa = later_soa  # never true with a rotating RRset: the chain ended in addresses
     spanned = {rec.network for rec in records}
     if near is None and len(spanned) > 1:  # Rule 5: a client's networks can change this answer
         built.networks = frozenset(net for net in spanned if net is not None)
@@ -302,11 +309,11 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     ready_: Ready
     remembered = snapshot.queries.get(data[2:])
     if remembered is not None:
-        ready_, heads, size, qend, opt, udp_limit = remembered
+        ready_, heads, size, qend, opt, udp_limit, soa = remembered
         if size <= (udp_limit if limit is None else limit):
             bodies = ready_.bodies
             return b"".join((data[:2], heads[ra], data[HEADER_LEN:qend],
-                             bodies[0] if len(bodies) == 1 else ready_.body(), opt))
+                             bodies[0] if len(bodies) == 1 else ready_.body(), soa, opt))
         flags = int.from_bytes(heads[ra][:2], "big")
     else:
         size = len(data)
@@ -355,6 +362,8 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
                 found = entry.types.get(qtype, entry.other)
                 if found is NODATA:
                     found = EMPTY
+                elif isinstance(found, Ready) and found.soa:
+                    return None  # a chain that ends negative: without the SOA here (the full resolver)
                 aa = 0
             elif _in_zone(key, snapshot.zone_wire):
                 found = snapshot.nxdomain
@@ -367,13 +376,14 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         assert isinstance(found, Ready)
         ready_ = found
         flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
+        soa = snapshot.nodata.bodies[0] if ready_.soa else b""
         if plain and not ready_.networks:
             memo = snapshot.queries
             if len(memo) >= MAX_REMEMBERED:
                 memo.clear()  # Rule 7: a stranger's variety costs a re-reading, never memory
             counts = ready_.counts_opt if opt else ready_.counts
             heads = (_H(flags) + counts, _H(flags | 0x80) + counts)
-            memo[data[2:]] = (ready_, heads, qend + ready_.size + len(opt), qend, opt, udp_limit)
+            memo[data[2:]] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
         if ready_.networks:
             networks = snapshot.networks_of(client)
             if networks:
@@ -381,12 +391,12 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         flags |= 0x80 if ra else 0
     if limit is None:
         limit = udp_limit
-    if qend + ready_.size + len(opt) > limit:
+    if qend + ready_.size + len(soa) + len(opt) > limit:
         # RFC 2181 section 9: too large for this client: the header, question and OPT, with TC.
         return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:qend], opt))
     bodies = ready_.bodies
     return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
-                     bodies[0] if len(bodies) == 1 else ready_.body(), opt))
+                     bodies[0] if len(bodies) == 1 else ready_.body(), soa, opt))
 
 
 def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, body: Callable[[], bytes],
