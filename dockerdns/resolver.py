@@ -229,7 +229,7 @@ def resolve(query: DNSRecord, snapshot: Snapshot, client: str, policy: Policy, t
     opts = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
     if query.header.opcode != OPCODE_QUERY:
         # RFC 1035 section 4.1.1: NOTIMP, and nothing of a message we do not understand.
-        header = DNSHeader(id=query.header.id, qr=1, opcode=query.header.opcode)
+        header = DNSHeader(id=query.header.id, qr=1, opcode=query.header.opcode, rd=0)
         header.rcode = RCODE.NOTIMP
         return Answer(_with_opt(query, DNSRecord(header)))
     if len(query.questions) != 1 or len(opts) > 1:

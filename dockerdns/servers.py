@@ -136,13 +136,13 @@ class UdpServer:
             if not data:
                 continue  # shutdown() wakes us with nothing: the loop condition ends it
             client = peer[0]
-            answer = fast(data, client)
-            if answer is not None:
-                send(answer, peer, data)  # the hot path: no parsing, no allocation beyond the answer
-                continue
             try:
+                answer = fast(data, client)
+                if answer is not None:
+                    send(answer, peer, data)  # the hot path: the answer index, no full parse
+                    continue
                 handle(data, client, "udp", functools.partial(send, peer=peer, query=data))
-            except Exception:
+            except Exception:  # a bug must cost one answer, never a worker
                 self._failed(exc_info=True)
 
     def _send(self, answer: bytes, peer: tuple, query: bytes) -> None:

@@ -109,6 +109,9 @@ def encode(reply: DNSRecord, limit: int = TCP_LIMIT) -> bytes:
     return pack(cut)[0]
 
 
+NO_QUESTION: tuple = ("",)  # matches no name's labels (they are bytes)
+
+
 class _Buffer(DNSBuffer):
     """A DNSBuffer that compresses as Rule 3 says: only owner names equal to the question's."""
 
@@ -137,7 +140,7 @@ def pack(reply: DNSRecord) -> tuple[bytes, list[tuple[int, int]]]:
     for question in reply.questions:
         question.pack(buffer)
     if buffer.qname is None:
-        buffer.qname = ()
+        buffer.qname = NO_QUESTION  # no question: no owner name is compressed
     spans = []
     for rr in reply.rr:
         start = buffer.offset
