@@ -283,7 +283,8 @@ def records_of(settings: Settings) -> list[Record]:
 def record_rows(records: list[Record]) -> list[dict[str, object]]:
     """`dockerdns records --json` (and GET /records): one object per record."""
     return [
-        {"name": r.name, "type": r.rtype, "value": r.value, "ttl": r.ttl, "owner": r.owner_name} for r in records
+        {"name": r.name, "type": r.rtype, "value": r.value, "ttl": r.ttl, "owner": r.owner_name, "health": r.health}
+        for r in records
     ]
 
 
@@ -294,7 +295,7 @@ def print_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout) -
         json.dump(rows, out, indent=2)
         out.write("\n")
         return 0
-    header = {"name": "NAME", "type": "TYPE", "value": "VALUE", "ttl": "TTL", "owner": "CONTAINER"}
+    header = {"name": "NAME", "type": "TYPE", "value": "VALUE", "ttl": "TTL", "owner": "CONTAINER", "health": "HEALTH"}
     table = [header] + rows
     widths = {key: max(len(str(row[key])) for row in table) for key in header}
     for row in table:
@@ -330,7 +331,7 @@ def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
                 for sign, changed in (("-", shown - rows), ("+", rows - shown)):
                     for row in sorted(changed, key=str):
                         if as_json:
-                            keys = ("name", "type", "value", "ttl", "owner")
+                            keys = ("name", "type", "value", "ttl", "owner", "health")
                             out.write(json.dumps({"change": sign, **dict(zip(keys, row))}) + "\n")
                         else:
                             out.write(" ".join([sign, *map(str, row)]) + "\n")

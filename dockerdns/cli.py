@@ -155,7 +155,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--listen", metavar="HOST:PORT", action="append", default=suppress,
            help="address to answer DNS on, repeatable; [::1]:53 for IPv6, bridge:53 for Docker's bridge gateway")
     option("--domain", metavar="NAME", default=suppress, help="the zone served (default: docker)")
-    option("--ttl", metavar="SECONDS", default=suppress, help="TTL of answers (default: 5)")
+    option("--ttl", metavar="SECONDS", default=suppress, help="TTL of answers (default: 1)")
     option("--docker-url", dest="docker.url", metavar="URL", default=suppress,
            help="Docker Engine API (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
     option("--upstream", dest="forward.upstreams", metavar="HOST[:PORT]", action="append", default=suppress,

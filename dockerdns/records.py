@@ -21,6 +21,12 @@ SERVER = "server"  # the owner of `ns.<zone>`'s addresses: where dockerdns liste
 #: Record types a static record may have (DESIGN.md, "Static records").
 STATIC_TYPES = ("A", "AAAA", "CNAME", "TXT", "SRV", "PTR", "MX")
 
+#: Health states (Docker's State.Health.Status, or "none" without a check).
+#: A holder in one of SERVING serves a shared name; the others step aside
+#: while one that serves remains (DESIGN.md, "Health").
+HEALTH_STATES = ("healthy", "unhealthy", "starting", "none")
+SERVING = frozenset({"healthy", "none"})
+
 # RFC 1035 section 2.3.4: 63 octets a label, 255 octets a name on the wire,
 # which leaves 253 characters in presentation form without the root dot.
 MAX_LABEL = 63
@@ -43,6 +49,7 @@ class Record:
     owner_name: str = STATIC  # container name, for `dockerdns records`
     network: str | None = None  # A/AAAA of a container: the network's name
     subnet: str | None = None  # ... and its subnet, for source-aware answers
+    health: str = "none"  # the owner's: "healthy", "unhealthy", "starting", or "none" (no check)
 
 
 class InvalidName(ValueError):

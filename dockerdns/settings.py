@@ -91,7 +91,7 @@ DEFAULT_ALLOW = tuple(
 class Settings:
     listen: tuple[Address, ...] = DEFAULT_LISTEN
     domain: str = "docker"  # without a trailing dot, lower-case
-    ttl: int = 5
+    ttl: int = 1  # seconds: bounds how long a caching client keeps an address a restart freed
     docker: DockerSettings = field(default_factory=DockerSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     allow: tuple[IPNetwork, ...] = DEFAULT_ALLOW

@@ -15,6 +15,11 @@ Rule 3: an update costs O(records of that owner), not O(table): the
 Rule 4: owners rank: a static record beats a container's claim of the same
         name (one warning), and a container named like the name server
         (`ns.<zone>`) beats the server's own records.
+Rule 5: health (DESIGN.md, "Health"): a name more than one owner holds is
+        shared; its holders that are `unhealthy` or `starting` are left out
+        while at least one holder is healthy or has no check, and all are
+        answered when none is (fail open). A name one owner holds always
+        answers.
 
 Thread-safety: any number of readers; writers serialise on an internal lock.
 """
@@ -29,7 +34,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from . import answers
-from .records import SERVER, STATIC, Record, in_zone, zone_name
+from .records import SERVER, SERVING, STATIC, Record, in_zone, zone_name
 from .resolver import MAX_CNAME_HOPS
 from .snapshot import GONE, IPNetwork, RRsets, ShardedMap, Snapshot
 
@@ -60,6 +65,7 @@ class RecordTable:
         self._hosts: dict[str, int] = {}  # container address -> how many records hold it
         self._aliases: dict[str, set[str]] = {}  # CNAME target -> the names whose CNAME points at it
         self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
+        self._left_out: dict[str, int] = {}  # shared name -> holders left out for their health (Rule 5)
         empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl,
                          zone_wire=answers.wire_name(zone_name(zone)))
         self.snapshot = self._finish(empty, {empty.zone}, rebuild=True)
@@ -160,18 +166,31 @@ class RecordTable:
         """The records of `name` by type, from the owners that rank first (Rule 4); None when none."""
         claims = self._claims.get(name)
         if not claims:
+            self._left_out.pop(name, None)
             return None
         best = min(RANK.get(owner, 1) for owner in claims)
         if best == 0 and len(claims) > 1 and name not in self._shadowed:
             self._shadowed.add(name)
             hidden = sorted({rec.owner_name for owner, recs in claims.items() if owner != STATIC for rec in recs})
             log.warning("static: %s is also claimed by %s; the static records win", name, ", ".join(hidden))
+        holders = [(owner, claimed) for owner, claimed in claims.items() if RANK.get(owner, 1) == best]
+        serving = [(owner, claimed) for owner, claimed in holders if claimed[0].health in SERVING]
+        left_out = len(holders) - len(serving) if serving and len(holders) > 1 else 0
+        if left_out:
+            holders = serving  # Rule 5
+            self._left_out[name] = left_out
+        else:
+            self._left_out.pop(name, None)
         rrsets: dict[str, list[Record]] = {}
-        for owner, claimed in claims.items():
-            if RANK.get(owner, 1) == best:
-                for rec in claimed:
-                    rrsets.setdefault(rec.rtype, []).append(rec)
+        for _, claimed in holders:
+            for rec in claimed:
+                rrsets.setdefault(rec.rtype, []).append(rec)
         return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
+
+    @property
+    def left_out(self) -> int:
+        """Holders of shared names now left out of them for their health (Rule 5), for /metrics."""
+        return sum(list(self._left_out.values()))  # list(): one step under the GIL, safe beside the writer
 
     def _index_record(self, rec: Record, owner: str, delta: int, hosts: set[str]) -> None:
         """Keep the derived counts (networks, container addresses, CNAME targets) of one record."""

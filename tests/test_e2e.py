@@ -224,8 +224,8 @@ def test_records_command(make_container: Callable[..., Any]) -> None:
                          timeout=30, check=True).stdout
     rows = json.loads(out)
     mine = [r for r in rows if r["owner"] == name_of(c)]
-    assert {"name": f"{name_of(c)}.docker.", "type": "A", "value": ip_on(c, "bridge"), "ttl": 5,
-            "owner": name_of(c)} in mine
+    assert {"name": f"{name_of(c)}.docker.", "type": "A", "value": ip_on(c, "bridge"), "ttl": 1,
+            "owner": name_of(c), "health": "none"} in mine
     text = subprocess.run([sys.executable, "-m", "dockerdns", "records"], capture_output=True, text=True,
                           timeout=30, check=True).stdout
     assert text.splitlines()[0].split() == ["NAME", "TYPE", "VALUE", "TTL", "CONTAINER"]

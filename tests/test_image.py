@@ -109,7 +109,8 @@ def test_image_records_json(docker_client: Any, image: str, make_container: Call
     )
     records = json.loads(out)
     ip = _address(target, "bridge")
-    assert {"name": f"{target.name}.docker.", "type": "A", "value": ip, "ttl": 5, "owner": target.name} in records
+    assert {"name": f"{target.name}.docker.", "type": "A", "value": ip, "ttl": 1, "owner": target.name,
+            "health": "none"} in records
 
 
 def test_image_serves_turns_healthy_and_stops(docker_client: Any, image: str, make_network: Callable[..., Any],

@@ -48,7 +48,7 @@ def zone(published: Published) -> list[str]:
 
 
 def publish(data: dict[str, Any], owner: dict[str, Any] | None = None, **overrides: Any) -> Published:
-    return records_for_container(data, Settings(**overrides), owner)
+    return records_for_container(data, Settings(**{"ttl": 5, **overrides}), owner)
 
 
 # --- the captured fixtures --------------------------------------------------------------------

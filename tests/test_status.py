@@ -51,9 +51,10 @@ def test_records_same_json_as_the_command(app: App) -> None:
     code, ctype, body = get(app, "/records")
     assert code == 200 and ctype == "application/json"
     assert json.loads(body) == [{"name": "gateway.docker.", "type": "A", "value": "172.17.0.1", "ttl": 5,
-                                 "owner": "static"}]
+                                 "owner": "static", "health": "none"}]
     app.table.replace("c1", [Record("web.docker.", "A", "10.0.0.2", 5, "c1", "web")])
-    assert {"name": "web.docker.", "type": "A", "value": "10.0.0.2", "ttl": 5, "owner": "web"} in json.loads(
+    assert {"name": "web.docker.", "type": "A", "value": "10.0.0.2", "ttl": 5, "owner": "web",
+            "health": "none"} in json.loads(
         get(app, "/records")[2])
 
 

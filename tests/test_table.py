@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from dockerdns.records import Record
 from dockerdns.table import RecordTable, ShardedMap
 
@@ -80,3 +82,41 @@ def test_sharded_map_evolve() -> None:
     assert len(base) == 1000 and base["k1"] == 1 and "new" not in base
     assert len(changed) == 1001 and changed["k1"] == 100 and changed.get("new") == 7
     assert sorted(changed)[:2] == ["k0", "k1"]
+
+
+HEALTH_CASES = [
+    # holders' health -> the addresses a shared name answers (DESIGN.md, "Health")
+    (["healthy", "unhealthy"], ["10.0.0.1"]),
+    (["healthy", "starting"], ["10.0.0.1"]),
+    (["none", "starting"], ["10.0.0.1"]),
+    (["unhealthy", "unhealthy"], ["10.0.0.1", "10.0.0.2"]),  # none serves: all answered (fail open)
+    (["starting", "unhealthy"], ["10.0.0.1", "10.0.0.2"]),
+    (["healthy", "none"], ["10.0.0.1", "10.0.0.2"]),
+    (["unhealthy"], ["10.0.0.1"]),  # one holder: always answered while it runs
+]
+
+
+@pytest.mark.parametrize("states,expected", HEALTH_CASES)
+def test_shared_names_follow_health(states: list[str], expected: list[str]) -> None:
+    """Unhealthy and starting holders leave a shared name while a serving holder remains; their own names stay."""
+    table = RecordTable()
+    for i, state in enumerate(states, start=1):
+        owner = f"c{i}"
+        table.replace(owner, [Record("web.p.docker.", "A", f"10.0.0.{i}", 1, owner, owner, health=state),
+                              Record(f"{owner}.docker.", "A", f"10.0.0.{i}", 1, owner, owner, health=state)])
+    assert sorted(r.value for r in table.snapshot.names["web.p.docker."]["A"]) == expected
+    for i in range(1, len(states) + 1):
+        assert [r.value for r in table.snapshot.names[f"c{i}.docker."]["A"]] == [f"10.0.0.{i}"]
+    assert table.left_out == len(states) - len(expected)
+
+
+def test_health_change_moves_a_holder_in_and_out() -> None:
+    """A holder that turns unhealthy leaves the shared name, and comes back when healthy again."""
+    table = RecordTable()
+    for i in (1, 2):
+        table.replace(f"c{i}", [Record("web.p.docker.", "A", f"10.0.0.{i}", 1, f"c{i}", health="healthy")])
+    table.replace("c2", [Record("web.p.docker.", "A", "10.0.0.2", 1, "c2", health="unhealthy")])
+    assert [r.value for r in table.snapshot.names["web.p.docker."]["A"]] == ["10.0.0.1"]
+    table.replace("c2", [Record("web.p.docker.", "A", "10.0.0.2", 1, "c2", health="healthy")])
+    assert sorted(r.value for r in table.snapshot.names["web.p.docker."]["A"]) == ["10.0.0.1", "10.0.0.2"]
+    assert table.left_out == 0
