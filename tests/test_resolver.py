@@ -143,10 +143,13 @@ def test_not_ours_refused_without_forwarding() -> None:
 
 
 def test_absolute_table_name_other_type_is_nodata_without_soa() -> None:
-    """A table name outside the zone answers NOERROR, empty, for another type."""
-    reply = answered(ask("api.example.test", "MX"))
-    assert reply.header.rcode == RCODE.NOERROR
-    assert zone_lines(reply.rr) == ["api.example.test. 5 IN CNAME web.docker."]
+    """A table name outside the zone answers NOERROR, empty, for another type, with no SOA (not our zone)."""
+    table = RecordTable("docker")
+    table.replace("static", [Record("host.example.test.", "A", "192.0.2.5", 5)])
+    reply = answered(resolve(DNSRecord.question("host.example.test", "MX"), table.snapshot, "127.0.0.1", POLICY, 0))
+    assert reply.header.rcode == RCODE.NOERROR and reply.header.aa == 1
+    assert zone_lines(reply.rr) == []
+    assert zone_lines(reply.auth) == []  # the SOA of `docker.` says nothing about example.test.
 
 
 def test_client_outside_allow_refused() -> None:
