@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from dockerdns.records import Record
 from dockerdns.table import RecordTable, ShardedMap
 
