@@ -85,8 +85,24 @@ def _records(flags: dict[str, object], as_json: bool, watch: bool) -> int:
         return app.print_records(settings, as_json)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        return _reader_gone()
     except DockerUnavailable as exc:
         return _fail(str(exc), 1)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`dockerdns records | head`): a normal end, exit 0.
+
+    What is still buffered for stdout would fail again when Python flushes it
+    at exit and print a traceback; stdout is pointed at /dev/null instead.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 0
 
 
 def _check_config(path: str) -> int:
