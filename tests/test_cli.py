@@ -81,6 +81,18 @@ def test_bad_config_file(tmp_path: Path) -> None:
         ]
 
 
+def test_zone_problem_exit_2_naming_both_records(tmp_path: Path) -> None:
+    """A CNAME beside other data: check-config and serve exit 2 with one line naming both records, nothing started."""
+    path = tmp_path / "zone.yaml"
+    path.write_text("records:\n  - {name: gateway, type: A, value: 172.17.0.1}\n"
+                    "  - {name: api, type: A, value: 10.0.0.1}\n  - {name: api, type: CNAME, value: web.docker.}\n")
+    line = ("dockerdns: records[2]: CNAME at api.docker. beside records[1] (A); "
+            "a CNAME stands alone at its name (RFC 2181 section 10.1)\n")
+    for args in (["check-config", "-c", str(path)], ["-c", str(path), "--listen", "127.0.0.1:0"]):
+        result = run(*args)
+        assert (result.returncode, result.stderr, result.stdout) == (2, line, ""), args
+
+
 def test_check_config_ok() -> None:
     """check-config of a good file prints `<file>: ok` and exits 0."""
     result = run("check-config", "-c", str(SAMPLE))
