@@ -63,7 +63,7 @@ class App:
         self.settings = settings
         self.table = RecordTable(settings.domain)
         self.table.replace(STATIC, settings.records)
-        self.forwarder = Forwarder(settings.forward.upstreams)
+        self.forwarder = Forwarder(settings.forward.upstreams, max_ttl=settings.forward.max_ttl)
         self.stats = Stats()
         self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
         self.rate_limit = rate_limit_of(settings.rate_limit)
@@ -187,6 +187,7 @@ class App:
         previous, self.settings = self.settings, settings
         self.table.replace(STATIC, settings.records)
         self.forwarder.upstreams = settings.forward.upstreams
+        self.forwarder.max_ttl = settings.forward.max_ttl
         self.responder.forwarder = self._forwarder_for(settings)
         self._update_policy()
         if settings.rate_limit != previous.rate_limit:
