@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dnslib import QTYPE, RCODE, RR, SOA, DNSHeader, DNSLabel, DNSRecord, EDNS0
+from dnslib import QTYPE, RCODE, RR, SOA, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from .pool import DaemonPool
 from .settings import DEFAULT_FORWARD_MAX_TTL, Address
@@ -84,22 +84,19 @@ _LOOP_MARK = struct.pack("!HH", LOOP_OPTION, NONCE_LEN)
 _NEGATIVE_PROOFS = frozenset((QTYPE.NSEC, QTYPE.NSEC3))
 
 Done = Callable[[bytes | None], None]
+Labels = tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
 class Question:
     """What one upstream exchange asks; clients asking the same share it (Rule 5)."""
 
-    labels: tuple[bytes, ...]  # lower-case; each client gets its own case back in its answer
+    labels: Labels  # lower-case; each client gets its own case back in its answer
     qtype: int
     qclass: int
     rd: bool
     cd: bool
     do: bool
-
-    @property
-    def name(self) -> DNSLabel:
-        return DNSLabel(self.labels)
 
 
 @dataclass(frozen=True)
@@ -108,8 +105,9 @@ class Result:
 
     rcode: int
     ad: bool
-    answer: tuple[RR, ...]
-    authority: tuple[RR, ...]
+    answers: int  # records in the answer section
+    authorities: int  # records in the authority section
+    body: bytes  # both sections packed, to follow a question of the asked name's length
 
 
 @dataclass(frozen=True)
@@ -316,91 +314,115 @@ def query_bytes(question: Question, ident: int, nonce: bytes) -> bytes:
     flags = (0x0100 if question.rd else 0) | (0x0010 if question.cd else 0)
     option = _LOOP_MARK + nonce
     opt = struct.pack("!BHHIH", 0, QTYPE.OPT, EDNS_PAYLOAD, OPT_TTL_DO if question.do else 0, len(option))
-    name = b"".join(bytes((len(label),)) + label for label in question.labels) + b"\0"
-    return (struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 1) + name
+    return (struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 1) + _wire_name(question.labels)
             + struct.pack("!HH", question.qtype, question.qclass) + opt + option)
 
 
 def answering(reply: DNSRecord, question: Question, max_ttl: int) -> Result:
-    """What of `reply` answers `question` (Rule 4), TTLs capped at `max_ttl`."""
-    answers = [rr for rr in reply.rr if rr.rclass == question.qclass]
+    """What of `reply` answers `question` (Rule 4), TTLs capped at `max_ttl`, packed once for every client."""
+    qclass = question.qclass
+    answers = [(_key(rr.rname), rr) for rr in reply.rr if rr.rclass == qclass]
     kept: list[RR] = []
-    rrsets: list[tuple[DNSLabel, int]] = []  # (owner, type) of what is kept, for their signatures
-    name, found = question.name, False
+    rrsets: set[tuple[Labels, int]] = set()  # (owner, type) of what is kept, for their signatures
+    name, found = question.labels, False
     seen = {name}
     for _ in range(MAX_CHAIN + 1):
-        final = [rr for rr in answers if rr.rname == name and rr.rtype != QTYPE.RRSIG
+        final = [rr for owner, rr in answers if owner == name and rr.rtype != QTYPE.RRSIG
                  and (rr.rtype == question.qtype or question.qtype == QTYPE.ANY)]
         if final:
             kept += final
-            rrsets += [(name, rtype) for rtype in dict.fromkeys(rr.rtype for rr in final)]
+            rrsets.update((name, rr.rtype) for rr in final)
             found = True
             break
-        cname = next((rr for rr in answers if rr.rname == name and rr.rtype == QTYPE.CNAME), None)
+        cname = next((rr for owner, rr in answers if owner == name and rr.rtype == QTYPE.CNAME), None)
         if cname is None:
             break
         kept.append(cname)
-        rrsets.append((name, QTYPE.CNAME))
-        name = cname.rdata.label
+        rrsets.add((name, QTYPE.CNAME))
+        name = _key(cname.rdata.label)
         if name in seen:
             break  # a loop: the chain so far is the answer
         seen.add(name)
     authority: list[RR] = []
-    proofs_under: DNSLabel | None = None
+    proofs_under: Labels | None = None
     if not found and reply.header.rcode in (RCODE.NOERROR, RCODE.NXDOMAIN):
-        soa = next((rr for rr in reply.auth if rr.rtype == QTYPE.SOA and rr.rclass == question.qclass
-                    and _under(name, rr.rname)), None)
+        # RFC 2308 section 3: the SOA of the zone the last name of the chain is in.
+        soa = next((rr for rr in reply.auth if rr.rtype == QTYPE.SOA and rr.rclass == qclass
+                    and _under(name, _key(rr.rname))), None)
         if soa is not None:
             authority.append(soa)
-            rrsets.append((soa.rname, QTYPE.SOA))
-            proofs_under = soa.rname
+            proofs_under = _key(soa.rname)
+            rrsets.add((proofs_under, QTYPE.SOA))
     if question.do:
-        signatures = [rr for rr in answers if rr.rtype == QTYPE.RRSIG
-                      and (rr.rname, rr.rdata.covered) in rrsets]
-        if found and proofs_under is None and signatures:
-            proofs_under = signatures[-1].rdata.name  # the signer's zone: a wildcard answer's proof lives there
+        # RFC 4035 section 3.1: the signatures of what is kept, and the proofs of denial (or of a
+        # wildcard's expansion) from the zone that signed it.
+        signatures = [rr for owner, rr in answers if rr.rtype == QTYPE.RRSIG and (owner, rr.rdata.covered) in rrsets]
         kept += signatures
+        if found and signatures:
+            proofs_under = _key(signatures[-1].rdata.name)
         if proofs_under is not None:
-            proofs = [rr for rr in reply.auth if rr.rtype in _NEGATIVE_PROOFS and _under(rr.rname, proofs_under)]
-            owned = {(rr.rname, rr.rtype) for rr in proofs} | {(soa.rname, QTYPE.SOA) for soa in authority}
+            under = proofs_under
+            proofs = [rr for rr in reply.auth if rr.rtype in _NEGATIVE_PROOFS and _under(_key(rr.rname), under)]
+            owned = {(_key(rr.rname), rr.rtype) for rr in proofs + authority}
             authority += proofs + [rr for rr in reply.auth if rr.rtype == QTYPE.RRSIG
-                                   and (rr.rname, rr.rdata.covered) in owned]
-    ad = bool(reply.header.ad)
-    return Result(reply.header.rcode, ad, tuple(_capped(rr, max_ttl) for rr in kept),
-                  tuple(_capped(rr, max_ttl) for rr in authority))
+                                   and (_key(rr.rname), rr.rdata.covered) in owned]
+    # Packed once, behind the question in lower case: every client's question has the same
+    # length, so the compression pointers into it hold for each. Records owned by the name
+    # asked are written with the question's name, so they point at it and show the client's case.
+    qname = DNSLabel(question.labels)
+    asked = {question.labels}
+    packed = DNSRecord(DNSHeader(), q=DNSQuestion(qname, question.qtype, qclass),
+                       rr=[_fitted(rr, max_ttl, qname, asked) for rr in kept],
+                       auth=[_fitted(rr, max_ttl, qname, asked) for rr in authority])
+    body = bytes(packed.pack())[HEADER_LEN + _question_length(question.labels):]
+    return Result(reply.header.rcode, bool(reply.header.ad), len(kept), len(authority), body)
 
 
 def answer_for(query: DNSRecord, result: Result) -> bytes:
-    """`result` as the answer to this client's `query`: its id, flags, question and OPT (Rule 4)."""
+    """`result` as the answer to this client's `query`: its id, flags, question (as asked) and OPT (Rule 4)."""
     do = _do(query)
-    header = DNSHeader(id=query.header.id, qr=1, opcode=query.header.opcode, rd=query.header.rd, ra=1,
-                       rcode=result.rcode)
-    header.cd = query.header.cd
-    # RFC 6840 section 5.8: AD only to a client that asked for it (DO or AD).
-    header.ad = int(result.ad and (do or bool(query.header.ad)))
-    # Records owned by the name asked carry the client's case, as local answers do (and compress onto it).
-    qname = query.q.qname
-    answer = [RR(qname, rr.rtype, rr.rclass, rr.ttl, rr.rdata) if rr.rname == qname else rr for rr in result.answer]
-    reply = DNSRecord(header, q=query.q, rr=answer, auth=list(result.authority))
+    header = query.header
+    flags = 0x8000 | (header.opcode << 11) | (header.rd << 8) | 0x0080 | (header.cd << 4) | result.rcode
+    if result.ad and (do or header.ad):  # RFC 6840 section 5.8: AD only to a client that asked (DO or AD)
+        flags |= 0x0020
+    q = query.q
+    question = _wire_name(q.qname.label) + struct.pack("!HH", q.qtype, q.qclass)
+    opt = b""
     if _opt(query) is not None:
-        reply.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, flags="do" if do else ""))
-    return bytes(reply.pack())
+        opt = struct.pack("!BHHIH", 0, QTYPE.OPT, EDNS_PAYLOAD, OPT_TTL_DO if do else 0, 0)
+    return (struct.pack("!HHHHHH", header.id, flags, 1, result.answers, result.authorities, 1 if opt else 0)
+            + question + result.body + opt)
+
+
+def _key(name: DNSLabel) -> Labels:
+    """A name as lower-case labels, for comparing without dnslib's slower DNSLabel equality."""
+    return tuple(label.lower() for label in name.label)
+
+
+def _wire_name(labels: Sequence[bytes]) -> bytes:
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+
+
+def _question_length(labels: Labels) -> int:
+    return sum(len(label) + 1 for label in labels) + 1 + 4
 
 
 def _failed(rcode: int) -> Result:
     """An upstream's refusal or failure, passed on as SERVFAIL or REFUSED; anything else is SERVFAIL."""
-    return Result(rcode if rcode == RCODE.REFUSED else RCODE.SERVFAIL, False, (), ())
+    return Result(rcode if rcode == RCODE.REFUSED else RCODE.SERVFAIL, False, 0, 0, b"")
 
 
-def _capped(rr: RR, max_ttl: int) -> RR:
+def _fitted(rr: RR, max_ttl: int, qname: DNSLabel, asked: set[Labels]) -> RR:
+    """`rr` with its TTLs capped, owned by `qname` when it is owned by the name asked."""
     ttl = _ttl(rr.ttl, max_ttl)
     rdata = rr.rdata
     if rr.rtype == QTYPE.SOA:  # the minimum bounds negative caching (RFC 2308 section 5): a TTL too
         serial, refresh, retry, expire, minimum = rdata.times
         rdata = SOA(rdata.mname, rdata.rname, (serial, refresh, retry, expire, _ttl(minimum, max_ttl)))
-    if ttl == rr.ttl and rdata is rr.rdata:
+    owner = qname if _key(rr.rname) in asked else rr.rname
+    if ttl == rr.ttl and rdata is rr.rdata and owner is rr.rname:
         return rr
-    return RR(rr.rname, rr.rtype, rr.rclass, ttl, rdata)
+    return RR(owner, rr.rtype, rr.rclass, ttl, rdata)
 
 
 def _ttl(ttl: int, max_ttl: int) -> int:
@@ -416,12 +438,9 @@ def _do(query: DNSRecord) -> bool:
     return opt is not None and bool(opt.ttl & OPT_TTL_DO)
 
 
-def _under(name: DNSLabel, zone: DNSLabel) -> bool:
-    """`name` is `zone` or below it, without case; everything is under the root."""
-    depth = len(zone.label)
-    if depth > len(name.label):
-        return False
-    return depth == 0 or DNSLabel(name.label[-depth:]) == zone
+def _under(name: Labels, zone: Labels) -> bool:
+    """`name` is `zone` or below it (both lower-case); everything is under the root."""
+    return len(zone) <= len(name) and name[len(name) - len(zone):] == zone
 
 
 def _parse_reply(data: bytes) -> DNSRecord | None:
@@ -438,7 +457,7 @@ def _matches(reply: DNSRecord, ident: int, question: Question) -> bool:
     if header.id != ident or not header.qr or header.opcode != 0 or len(reply.questions) != 1:
         return False
     q = reply.q
-    return q.qtype == question.qtype and q.qclass == question.qclass and q.qname == question.name
+    return q.qtype == question.qtype and q.qclass == question.qclass and _key(q.qname) == question.labels
 
 
 # --- Sockets ---------------------------------------------------------------------
