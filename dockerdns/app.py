@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings
+from .cache import UpstreamCache
 from .forwarder import Forwarder
 from .records import STATIC, Record, zone_name
 from .resolver import Policy
@@ -59,7 +60,7 @@ class App:
         self.settings = settings
         self.table = RecordTable(settings.domain, settings.ttl)
         self.table.replace(STATIC, settings.records)
-        self.forwarder = Forwarder(settings.forward.upstreams)
+        self.forwarder = Forwarder(settings.forward.upstreams, max_ttl=settings.forward.max_ttl)
         self.stats = Stats()
         self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
         self.rate_limit = rate_limit_of(settings.rate_limit, self.table)
@@ -184,7 +185,10 @@ class App:
         self.table.configure(settings.ttl)
         self.table.replace(STATIC, settings.records)
         self.forwarder.upstreams = settings.forward.upstreams
+        self.forwarder.max_ttl = settings.forward.max_ttl
         self.responder.forwarder = self._forwarder_for(settings)
+        if settings.forward != previous.forward:
+            self.responder.cache = UpstreamCache()  # other upstreams, other answers: none kept from before
         self._update_policy()
         if settings.rate_limit != previous.rate_limit:
             self.rate_limit = rate_limit_of(settings.rate_limit, self.table)

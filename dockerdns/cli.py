@@ -85,8 +85,24 @@ def _records(flags: dict[str, object], as_json: bool, watch: bool) -> int:
         return app.print_records(settings, as_json)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        return _reader_gone()
     except DockerUnavailable as exc:
         return _fail(str(exc), 1)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`dockerdns records | head`): a normal end, exit 0.
+
+    What is still buffered for stdout would fail again when Python flushes it
+    at exit and print a traceback; stdout is pointed at /dev/null instead.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 0
 
 
 def _check_config(path: str) -> int:
@@ -160,10 +176,14 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
            help="Docker Engine API (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
     option("--upstream", dest="forward.upstreams", metavar="HOST[:PORT]", action="append", default=suppress,
            help="DNS server for names outside the zone, repeatable (default: the nameservers in /etc/resolv.conf)")
+    option("--forward-max-ttl", dest="forward.max_ttl", metavar="SECONDS", default=suppress,
+           help="longest TTL a forwarded answer keeps; longer ones are cut to it "
+                f"(default: {config.ForwardSettings().max_ttl})")
     option("--no-forward", dest="forward.enabled", action="store_const", const=False, default=suppress,
            help="refuse names outside the zone instead of forwarding them")
     option("--allow", metavar="CIDR", action="append", default=suppress,
-           help="clients allowed to query, repeatable (default: loopback and private networks)")
+           help="clients allowed to query, repeatable; a list given is used as written "
+                "(default: loopback, private networks and every address of this host)")
     option("--external-names", dest="external_names", action="store_const", const=True, default=suppress,
            help="let containers publish names outside the zone")
     option("--http", dest="http.listen", metavar="HOST:PORT", default=suppress,

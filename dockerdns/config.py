@@ -11,8 +11,16 @@ Rule 2: layers stack: built-in defaults < YAML file < DOCKERDNS_* environment
 Rule 3: a YAML key with an empty value (null) takes its default; so does an
         environment variable set to the empty string.
 
-Reads the config file and resolv.conf and nothing else; no logging. Settings
-are immutable and safe to share between threads.
+Rule 4: static records are checked as a zone: a CNAME stands alone at its
+        name and one RRset has one TTL (RFC 2181 sections 10.1 and 5.2); a
+        problem names both records by their place in `records`.
+Rule 5: the default `allow` is DEFAULT_ALLOW plus every address of this
+        host, read when the settings are loaded (start and SIGHUP); an
+        `allow` list given in any layer is used exactly as written.
+
+Reads the config file, resolv.conf and the kernel's address lists under
+/proc/net, and nothing else; no logging. Settings are immutable and safe to
+share between threads.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ FLAGS: Mapping[str, str] = {
     "docker.url": "--docker-url",
     "forward.upstreams": "--upstream",
     "forward.enabled": "--no-forward",
+    "forward.max_ttl": "--forward-max-ttl",
     "allow": "--allow",
     "external_names": "--external-names",
     "http.listen": "--http",
@@ -63,6 +72,7 @@ CONFIG_FLAG = "config"  # the key of -c/--config in `flags`
 CONFIG_ENV = "DOCKERDNS_CONFIG"
 DEFAULT_CONFIG = "/etc/dockerdns/dockerdns.yaml"
 RESOLV_CONF = "/etc/resolv.conf"
+PROC_NET = "/proc/net"  # the kernel's address lists: fib_trie (IPv4) and if_inet6 (IPv6)
 DEFAULT_DOCKER_URL = DockerSettings().url
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -96,6 +106,7 @@ def load(
     *,
     resolv_conf: str = RESOLV_CONF,
     default_config: str = DEFAULT_CONFIG,
+    proc_net: str = PROC_NET,
 ) -> Settings:
     """Settings from flags > DOCKERDNS_* environment > YAML file > defaults.
 
@@ -113,7 +124,7 @@ def load(
         _Layer(_env_values(environ), label=env_name, text=True),
         _Layer({key: flags[key] for key in FLAGS if key in flags}, label=FLAGS.__getitem__, text=True),
     )
-    settings = _build(layers, file_values.get(_RECORDS), environ, resolv_conf, problems)
+    settings = _build(layers, file_values.get(_RECORDS), environ, resolv_conf, proc_net, problems)
     if problems:
         raise ConfigError(problems)
     return replace(settings, config_file=path)
@@ -122,7 +133,7 @@ def load(
 def check_file(path: str) -> list[str]:
     """The problems of the config file at `path`, one line each; empty when it is fine."""
     try:
-        load({CONFIG_FLAG: path}, {}, resolv_conf=os.devnull)
+        load({CONFIG_FLAG: path}, {}, resolv_conf=os.devnull, proc_net=os.devnull)
     except ConfigError as exc:
         return exc.problems
     return []
@@ -146,6 +157,75 @@ def nameservers(resolv_conf: str) -> tuple[Address, ...]:
         except ValueError:
             continue
     return tuple(found)
+
+
+def host_networks(proc_net: str = PROC_NET) -> tuple[IPNetwork, ...]:
+    """Every address of this host (in this network namespace), as networks of one; none when unreadable.
+
+    Read from the kernel's own lists rather than a new dependency or a
+    subprocess: IPv4 from the LOCAL routes of /proc/net/fib_trie, IPv6 from
+    /proc/net/if_inet6. Both exist on every Linux since 2.6; elsewhere the
+    result is empty and `allow` keeps only DEFAULT_ALLOW.
+    """
+    found: dict[IPNetwork, None] = {}
+    for network in [*_fib_trie_local(_read_text(os.path.join(proc_net, "fib_trie"))),
+                    *_if_inet6(_read_text(os.path.join(proc_net, "if_inet6")))]:
+        found[network] = None
+    return tuple(found)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as stream:
+            return stream.read()
+    except OSError:
+        return ""
+
+
+def _fib_trie_local(text: str) -> list[IPNetwork]:
+    """The `/N host LOCAL` leaves of /proc/net/fib_trie: the IPv4 addresses of this host.
+
+    A leaf is a line `|-- 192.0.2.2` followed by lines such as `/32 host
+    LOCAL` (an address of ours) or `/32 link BROADCAST` (not one).
+    """
+    networks: list[IPNetwork] = []
+    leaf: str | None = None
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == "|--":
+            leaf = fields[1]
+        elif leaf is not None and len(fields) >= 3 and fields[0].startswith("/") and fields[-1] == "LOCAL":
+            try:
+                networks.append(ipaddress.ip_network(f"{leaf}{fields[0]}", strict=False))
+            except ValueError:
+                continue
+    return networks
+
+
+def _if_inet6(text: str) -> list[IPNetwork]:
+    """The addresses in /proc/net/if_inet6: 32 hex digits first on each line."""
+    networks: list[IPNetwork] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or len(fields[0]) != 32:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(int(fields[0], 16).to_bytes(16, "big")))
+        except ValueError:
+            continue
+    return networks
+
+
+def default_allow(proc_net: str = PROC_NET) -> tuple[IPNetwork, ...]:
+    """DEFAULT_ALLOW and the host's own addresses that it does not already hold.
+
+    The host's addresses are there because Docker's MASQUERADE rule makes a
+    query from the host to the bridge gateway (`dig @172.17.0.1`) arrive
+    from the host's primary address, which may be public (DESIGN.md).
+    """
+    extra = [net for net in host_networks(proc_net)
+             if not any(net.network_address in known and net.broadcast_address in known for known in DEFAULT_ALLOW)]
+    return DEFAULT_ALLOW + tuple(extra)
 
 
 # --- Reading the layers ------------------------------------------------------
@@ -498,12 +578,49 @@ _ADDRESS_TYPES = {"A": ipaddress.IPv4Address, "AAAA": ipaddress.IPv6Address}
 
 
 def _static_records(domain: str, ttl: int) -> _Parse[tuple[Record, ...]]:
-    """A parser of the `records` list; names go under `domain`, `ttl` is the default TTL."""
+    """A parser of the `records` list; names go under `domain`, `ttl` is the default TTL (Rule 4)."""
 
     def parse_record(item: object, where: _Where) -> Record:
         return _static_record(item, where, domain, ttl)
 
-    return _list_of(parse_record)
+    def parse(value: object, where: _Where) -> tuple[Record, ...]:
+        records = _list_of(parse_record)(value, where)  # raises unless every item parsed: index i is records[i]
+        problems = _zone_problems(records, where)
+        if problems:
+            raise _Invalid(problems)
+        return records
+
+    return parse
+
+
+def _zone_problems(records: tuple[Record, ...], where: _Where) -> list[str]:
+    """What a zone may not hold, one line per later record naming the earlier one it clashes with.
+
+    RFC 2181 section 10.1: a name with a CNAME holds no other data (and one
+    CNAME only). RFC 2181 section 5.2: the records of one RRset (name, type)
+    share one TTL.
+    """
+    problems: list[str] = []
+    first_at: dict[str, int] = {}  # name -> index of its first record
+    cname_at: dict[str, int] = {}  # name -> index of its CNAME
+    rrset_at: dict[tuple[str, str], int] = {}  # (name, type) -> index of the RRset's first record
+    for index, record in enumerate(records):
+        here = where.item(index).label
+        other = cname_at.get(record.name) if record.rtype != "CNAME" else first_at.get(record.name)
+        if other is not None:
+            problems.append(f"{here}: {record.rtype} at {record.name} beside {where.item(other).label} "
+                            f"({records[other].rtype}); a CNAME stands alone at its name (RFC 2181 section 10.1)")
+        else:
+            same = rrset_at.get((record.name, record.rtype))
+            if same is not None and records[same].ttl != record.ttl:
+                problems.append(f"{here}: ttl {record.ttl} of {record.name} {record.rtype} differs from "
+                                f"{where.item(same).label} (ttl {records[same].ttl}); one RRset has one TTL "
+                                "(RFC 2181 section 5.2)")
+        first_at.setdefault(record.name, index)
+        rrset_at.setdefault((record.name, record.rtype), index)
+        if record.rtype == "CNAME":
+            cname_at.setdefault(record.name, index)
+    return problems
 
 
 def _static_record(item: object, where: _Where, domain: str, default_ttl: int) -> Record:
@@ -603,6 +720,7 @@ def _build(
     records: object,
     environ: Mapping[str, str],
     resolv_conf: str,
+    proc_net: str,
     problems: list[str],
 ) -> Settings:
     """Settings from the layers, defaults filling what no layer sets; problems go to `problems`."""
@@ -612,6 +730,7 @@ def _build(
     url = _resolve("docker.url", _string, layers, problems) or environ.get("DOCKER_HOST", "").strip()
     upstreams = _resolve("forward.upstreams", _list_of(_upstream), layers, problems) or nameservers(resolv_conf)
     enabled = _resolve("forward.enabled", _boolean, layers, problems)
+    max_ttl = _resolve("forward.max_ttl", _ttl, layers, problems)
     allow = _resolve("allow", _list_of(_cidr), layers, problems)
     external_names = _resolve("external_names", _boolean, layers, problems)
     http_listen = _resolve("http.listen", _http_listen, layers, problems)
@@ -631,8 +750,9 @@ def _build(
             enabled=_default(enabled, _DEFAULTS.forward.enabled),
             # Forwarding must never reach dockerdns itself (DESIGN.md, "DNS behaviour").
             upstreams=tuple(upstream for upstream in upstreams if not _reaches_self(upstream, listen)),
+            max_ttl=_default(max_ttl, _DEFAULTS.forward.max_ttl),
         ),
-        allow=_default(allow, _DEFAULTS.allow),
+        allow=default_allow(proc_net) if allow is None else allow,
         external_names=_default(external_names, _DEFAULTS.external_names),
         http=HttpSettings(listen=http_listen),
         log=LogSettings(level=level or _DEFAULTS.log.level),

@@ -22,6 +22,10 @@ from .records import Record
 DEFAULT_RESPONSES_PER_SECOND = 1000
 DEFAULT_WINDOW = 15  # seconds of credit an account can hold
 DEFAULT_SLIP = 2  # every second over-limit response is a TC answer
+#: Seconds: the longest TTL a forwarded answer keeps. An upstream may say a
+#: week (or, hostile, 2**31-1); a day bounds how long a bad answer can live
+#: in the caches behind us.
+DEFAULT_FORWARD_MAX_TTL = 86400
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,6 +54,7 @@ class DockerSettings:
 class ForwardSettings:
     enabled: bool = True
     upstreams: tuple[Address, ...] = ()
+    max_ttl: int = DEFAULT_FORWARD_MAX_TTL  # seconds; TTLs of forwarded answers are capped at it
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class RateLimitSettings:
 
 
 DEFAULT_LISTEN = (Address("127.0.0.1", 53), Address(BRIDGE, 53))
+# The networks every default `allow` holds; config adds the host's own
+# addresses when it loads the settings (reading them is I/O, not for here).
 DEFAULT_ALLOW = tuple(
     ipaddress.ip_network(cidr)
     for cidr in (

@@ -1,8 +1,10 @@
 """A stub upstream DNS server on loopback, for tests and benchmarks.
 
-It answers from a small zone given as text, can stay silent or fail on
-purpose, truncates large UDP answers like a real server, and records every
-query it saw. Never a real resolver: tests must not leave loopback.
+It answers from a small zone given as text, can stay silent, fail, truncate
+or stall on TCP on purpose, truncates large UDP answers like a real server,
+can hand every reply to a test to rewrite (`rewrite`, for hostile upstreams),
+and records every query it saw, bytes included. Never a real resolver: tests
+must not leave loopback.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dnslib import QTYPE, RCODE, RR, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSRecord
 
 
 @dataclass
@@ -22,14 +25,22 @@ class Seen:
     qname: str
     qtype: str
     ident: int
+    raw: bytes = b""  # the query as it arrived
+
+
+# A test's hand in the reply: (the query parsed, the reply the stub would send, transport) -> the bytes to send
+# instead, or None to send nothing.
+Rewrite = Callable[[DNSRecord, bytes, str], bytes | None]
 
 
 @dataclass
 class StubUpstream:
     zone: str = ""
-    mode: str = "answer"  # "answer", "silent", "servfail", "refused"
-    delay: float = 0.0
+    mode: str = "answer"  # "answer", "silent", "servfail", "refused", "truncate" (UDP: TC and no records)
+    delay: float = 0.0  # seconds before each reply
     host: str = "127.0.0.1"
+    tcp_stall: bool = False  # TCP: read the query, then never answer (until close)
+    rewrite: Rewrite | None = None
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -37,6 +48,7 @@ class StubUpstream:
         self.udp, self.tcp = self._bind_pair()
         self.port = self.udp.getsockname()[1]
         self._running = True
+        self._closed = threading.Event()
         for target in (self._serve_udp, self._serve_tcp):
             threading.Thread(target=target, daemon=True).start()
 
@@ -64,11 +76,13 @@ class StubUpstream:
 
     def answer(self, data: bytes, transport: str) -> bytes | None:
         query = DNSRecord.parse(data)
-        self.seen.append(Seen(transport, str(query.q.qname).lower(), QTYPE[query.q.qtype], query.header.id))
+        self.seen.append(Seen(transport, str(query.q.qname).lower(), QTYPE[query.q.qtype], query.header.id, data))
         if self.delay:
             time.sleep(self.delay)
         if self.mode == "silent":
             return None
+        if transport == "udp" and self.mode == "truncate":
+            return self._finish(query, _truncated(query.reply()), transport)
         reply = query.reply()
         reply.header.aa = 0
         if self.mode == "servfail":
@@ -86,10 +100,13 @@ class StubUpstream:
                 for rr in self.records:
                     if rr.rtype == QTYPE.SOA and qname.endswith("." + str(rr.rname).lower()):
                         reply.add_auth(rr)  # RFC 2308: the SOA tells how long the absence may be kept
-        packed = reply.pack()
+        packed = bytes(reply.pack())
         if transport == "udp" and len(packed) > 512:
-            packed = reply.truncate().pack()
-        return bytes(packed)
+            packed = _truncated(reply)
+        return self._finish(query, packed, transport)
+
+    def _finish(self, query: DNSRecord, reply: bytes, transport: str) -> bytes | None:
+        return reply if self.rewrite is None else self.rewrite(query, reply, transport)
 
     def _serve_udp(self) -> None:
         while self._running:
@@ -129,6 +146,10 @@ class StubUpstream:
                     if not chunk:
                         return
                     data += chunk
+                if self.tcp_stall:
+                    self.seen.append(Seen("tcp", "", "", struct.unpack_from("!H", data)[0], data))
+                    self._closed.wait()
+                    return
                 answer = self.answer(data, "tcp")
                 if answer is not None:
                     conn.sendall(struct.pack("!H", len(answer)) + answer)
@@ -137,9 +158,16 @@ class StubUpstream:
 
     def close(self) -> None:
         self._running = False
+        self._closed.set()
         for sock in (self.udp, self.tcp):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
+
+
+def _truncated(reply: DNSRecord) -> bytes:
+    """`reply` cut to its header and question with TC set, as BIND and Unbound send it (dnslib drops the question)."""
+    cut = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1), q=reply.q)
+    return bytes(cut.pack())

@@ -1,6 +1,7 @@
 """The `dockerdns` command line, run as `python -m dockerdns` in a subprocess.
 
-serve and records need app.py and Docker; they are tested elsewhere. Every run
+serve and most of records need app.py and Docker; they are tested elsewhere
+(only the end of `records` output through a closed pipe is here). Every run
 gets the environment without its DOCKERDNS_* variables, so the caller's
 configuration never leaks in.
 """
@@ -80,6 +81,18 @@ def test_bad_config_file(tmp_path: Path) -> None:
         ]
 
 
+def test_zone_problem_exit_2_naming_both_records(tmp_path: Path) -> None:
+    """A CNAME beside other data: check-config and serve exit 2 with one line naming both records, nothing started."""
+    path = tmp_path / "zone.yaml"
+    path.write_text("records:\n  - {name: gateway, type: A, value: 172.17.0.1}\n"
+                    "  - {name: api, type: A, value: 10.0.0.1}\n  - {name: api, type: CNAME, value: web.docker.}\n")
+    line = ("dockerdns: records[2]: CNAME at api.docker. beside records[1] (A); "
+            "a CNAME stands alone at its name (RFC 2181 section 10.1)\n")
+    for args in (["check-config", "-c", str(path)], ["-c", str(path), "--listen", "127.0.0.1:0"]):
+        result = run(*args)
+        assert (result.returncode, result.stderr, result.stdout) == (2, line, ""), args
+
+
 def test_check_config_ok() -> None:
     """check-config of a good file prints `<file>: ok` and exits 0."""
     result = run("check-config", "-c", str(SAMPLE))
@@ -100,3 +113,27 @@ def test_check_config_yaml_error(tmp_path: Path) -> None:
     result = run("check-config", "-c", str(path))
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"dockerdns: {path}:2: mapping values are not allowed")
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["--watch"], ["--watch", "--json"]])
+def test_records_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`dockerdns records | head -c 20`: the reader going away is a normal end, exit 0 and no traceback."""
+    path = tmp_path / "big.yaml"
+    # Far more than a pipe holds (64 KiB), so the writer is still writing when the reader goes.
+    path.write_text("records:\n" + "".join(
+        f"  - {{name: host{i}, type: A, value: 10.0.{i // 250}.{i % 250 + 1}}}\n" for i in range(3000)))
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("DOCKERDNS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "dockerdns", "records", *args, "-c", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=environ)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert len(proc.stdout.read(20)) == 20
+        proc.stdout.close()  # what `head -c 20` does once it has its bytes
+        assert proc.wait(timeout=20) == 0
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

@@ -1,12 +1,15 @@
 """Settings from YAML < DOCKERDNS_* < flags, and the exact problem lines of bad input.
 
-Tests write the config file and resolv.conf into tmp_path and pass a default
-config path that does not exist, so the machine's own files never leak in.
+Tests write the config file, resolv.conf and the kernel's address lists
+(tmp_path/proc-net) into tmp_path and pass a default config path that does
+not exist, so the machine's own files never leak in.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -27,7 +30,7 @@ def load(
     environ: Mapping[str, str] | None = None,
     resolv: str = RESOLV,
 ) -> Settings:
-    """config.load with `text` as the -c file (None: no file) and a private resolv.conf."""
+    """config.load with `text` as the -c file (None: no file), a private resolv.conf and /proc/net."""
     all_flags = dict(flags or {})
     if text is not None:
         path = tmp_path / "dockerdns.yaml"
@@ -36,7 +39,8 @@ def load(
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text(resolv)
     return config.load(
-        all_flags, environ or {}, resolv_conf=str(resolv_conf), default_config=str(tmp_path / "absent.yaml")
+        all_flags, environ or {}, resolv_conf=str(resolv_conf), default_config=str(tmp_path / "absent.yaml"),
+        proc_net=str(tmp_path / "proc-net"),
     )
 
 
@@ -72,6 +76,8 @@ YAML_SETTINGS: list[tuple[str, str, Field, object]] = [
     ("ttl max", "ttl: 2147483647", lambda s: s.ttl, 2147483647),
     ("docker.url", "docker: {url: 'tcp://10.0.0.1:2375'}", lambda s: s.docker.url, "tcp://10.0.0.1:2375"),
     ("forward.enabled", "forward: {enabled: false}", lambda s: s.forward.enabled, False),
+    ("forward.max_ttl", "forward: {max_ttl: 300}", lambda s: s.forward.max_ttl, 300),
+    ("forward.max_ttl 0: never kept", "forward: {max_ttl: 0}", lambda s: s.forward.max_ttl, 0),
     ("forward.upstreams", "forward: {upstreams: [192.0.2.1, '[2001:db8::1]:5353', '192.0.2.2:5300', '::1']}",
      lambda s: s.forward.upstreams,
      (Address("192.0.2.1", 53), Address("2001:db8::1", 5353), Address("192.0.2.2", 5300), Address("::1", 53))),
@@ -86,7 +92,7 @@ YAML_SETTINGS: list[tuple[str, str, Field, object]] = [
     ("http.listen empty string is off", "http: {listen: ''}", lambda s: s.http.listen, None),
     ("log.level case-insensitive", "log: {level: WARNING}", lambda s: s.log.level, "warning"),
     ("null key takes its default", "ttl:\ndomain:\nlisten:", lambda s: (s.ttl, s.domain, s.listen),
-     (5, "docker", DEFAULT_LISTEN)),
+     (1, "docker", DEFAULT_LISTEN)),
     ("null section takes its defaults", "forward:\nlog:", lambda s: (s.forward.enabled, s.log.level), (True, "info")),
     ("records absent: none", "ttl: 5", lambda s: s.records, ()),
     ("rate_limit", "rate_limit: {responses_per_second: 20, slip: 0, window: 1}", lambda s: s.rate_limit,
@@ -109,7 +115,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     """An empty file is the built-in defaults; config_file still names it."""
     settings = load(tmp_path, "")
     assert settings.listen == DEFAULT_LISTEN
-    assert (settings.domain, settings.ttl, settings.external_names) == ("docker", 5, False)
+    assert (settings.domain, settings.ttl, settings.external_names) == ("docker", 1, False)
     assert settings.allow == DEFAULT_ALLOW
     assert settings.docker.url == "unix:///var/run/docker.sock"
     assert settings.forward.enabled is True
@@ -123,21 +129,21 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 RECORDS: list[tuple[str, str, list[str]]] = [
     ("relative name under the zone", "{name: gateway, type: A, value: 172.17.0.1}",
-     ["gateway.docker. 5 IN A 172.17.0.1"]),
+     ["gateway.docker. 1 IN A 172.17.0.1"]),
     ("absolute name kept, CNAME target absolute", "{name: api.example.test., type: CNAME, value: web.docker.}",
-     ["api.example.test. 5 IN CNAME web.docker."]),
+     ["api.example.test. 1 IN CNAME web.docker."]),
     ("SRV with its own ttl", "{name: _http._tcp.web, type: SRV, value: '0 0 80 web.docker.', ttl: 60}",
      ["_http._tcp.web.docker. 60 IN SRV 0 0 80 web.docker."]),
     ("relative SRV target under the zone", "{name: _x._udp, type: SRV, value: '1 2 53 ns'}",
-     ["_x._udp.docker. 5 IN SRV 1 2 53 ns.docker."]),
+     ["_x._udp.docker. 1 IN SRV 1 2 53 ns.docker."]),
     ("TXT keeps its strings", """{name: Info, type: txt, value: '"hello world" "b"'}""",
-     ['info.docker. 5 IN TXT "hello world" "b"']),
-    ("AAAA normalised", "{name: v6, type: AAAA, value: '2001:DB8:0::1'}", ["v6.docker. 5 IN AAAA 2001:db8::1"]),
+     ['info.docker. 1 IN TXT "hello world" "b"']),
+    ("AAAA normalised", "{name: v6, type: AAAA, value: '2001:DB8:0::1'}", ["v6.docker. 1 IN AAAA 2001:db8::1"]),
     ("MX relative exchange", "{name: example.test., type: MX, value: 10 mail}",
-     ["example.test. 5 IN MX 10 mail.docker."]),
+     ["example.test. 1 IN MX 10 mail.docker."]),
     ("PTR", "{name: 1.0.17.172.in-addr.arpa., type: PTR, value: gateway.docker.}",
-     ["1.0.17.172.in-addr.arpa. 5 IN PTR gateway.docker."]),
-    ("null ttl is the default", "{name: n, type: A, value: 10.0.0.1, ttl: null}", ["n.docker. 5 IN A 10.0.0.1"]),
+     ["1.0.17.172.in-addr.arpa. 1 IN PTR gateway.docker."]),
+    ("null ttl is the default", "{name: n, type: A, value: 10.0.0.1, ttl: null}", ["n.docker. 1 IN A 10.0.0.1"]),
 ]
 
 
@@ -156,7 +162,29 @@ def test_static_records_follow_domain_and_ttl_from_flags(tmp_path: Path) -> None
     assert zone_text(settings) == ["gw.lan. 30 IN A 10.0.0.1"]
 
 
+def test_zone_rules_accept_what_a_zone_may_hold(tmp_path: Path) -> None:
+    """One RRset with equal TTLs (given or default), other types with their own TTLs, a CNAME to a name with data."""
+    settings = load(tmp_path, "ttl: 5\nrecords:\n"
+                              "  - {name: web, type: A, value: 10.0.0.1}\n"
+                              "  - {name: web, type: A, value: 10.0.0.2, ttl: 5}\n"
+                              "  - {name: web, type: TXT, value: '\"x\"', ttl: 60}\n"
+                              "  - {name: www, type: CNAME, value: web}\n"
+                              "  - {name: www.web, type: A, value: 10.0.0.3, ttl: 1}\n")
+    assert len(settings.records) == 5
+
+
+def test_zone_problem_stops_check_config_and_serve(tmp_path: Path) -> None:
+    """A CNAME beside other data: check_file reports one line naming both records (check-config and serve exit 2)."""
+    path = tmp_path / "zone.yaml"
+    path.write_text("records:\n" + RECORDS_API + "  - {name: api, type: CNAME, value: web.docker.}\n")
+    assert config.check_file(str(path)) == [f"records[3]: CNAME at api.docker. beside records[1] (A); {CNAME_ALONE}"]
+
+
 # --- YAML -> problems ----------------------------------------------------------
+
+CNAME_ALONE = "a CNAME stands alone at its name (RFC 2181 section 10.1)"
+RECORDS_API = ("  - {name: gateway, type: A, value: 172.17.0.1}\n  - {name: api, type: A, value: 10.0.0.1}\n"
+               "  - {name: api, type: AAAA, value: 'fd00::1', ttl: 30}\n")
 
 YAML_PROBLEMS: list[tuple[str, str, list[str]]] = [
     ("unknown key", "foo: 1", ["foo: unknown key"]),
@@ -236,6 +264,22 @@ YAML_PROBLEMS: list[tuple[str, str, list[str]]] = [
      ["records[0].foo: unknown key", "records[0].name: expected a DNS name, got 'a..b'",
       "records[0].type: expected one of A, AAAA, CNAME, TXT, SRV, PTR, MX, got 'NS'",
       "records[0].ttl: expected an integer from 0 to 2147483647, got -1"]),
+    ("forward.max_ttl negative", "forward: {max_ttl: -1}",
+     ["forward.max_ttl: expected an integer from 0 to 2147483647, got -1"]),
+    # RFC 2181 section 10.1: a CNAME stands alone at its name.
+    ("CNAME beside an A", "records:\n" + RECORDS_API + "  - {name: API, type: CNAME, value: web.docker.}\n",
+     [f"records[3]: CNAME at api.docker. beside records[1] (A); {CNAME_ALONE}"]),
+    ("A beside a CNAME, absolute and relative", "records:\n  - {name: api, type: CNAME, value: web.docker.}\n"
+     "  - {name: api.docker., type: TXT, value: '\"x\"'}\n",
+     [f"records[1]: TXT at api.docker. beside records[0] (CNAME); {CNAME_ALONE}"]),
+    ("two CNAMEs at one name", "records:\n  - {name: a, type: CNAME, value: b.docker.}\n"
+     "  - {name: a, type: CNAME, value: c.docker.}\n",
+     [f"records[1]: CNAME at a.docker. beside records[0] (CNAME); {CNAME_ALONE}"]),
+    # RFC 2181 section 5.2: one RRset, one TTL; a record without ttl has the global one.
+    ("TTLs differ in one RRset",
+     "ttl: 5\nrecords:\n" + RECORDS_API + "  - {name: api, type: A, value: 10.0.0.3, ttl: 60}\n",
+     ["records[3]: ttl 60 of api.docker. A differs from records[1] (ttl 5); one RRset has one TTL "
+      "(RFC 2181 section 5.2)"]),
 ]
 
 
@@ -311,7 +355,7 @@ def test_default_config_file_read_when_present(tmp_path: Path) -> None:
 def test_no_file_gives_defaults(tmp_path: Path) -> None:
     """Without any file, built-in defaults apply and config_file is None."""
     settings = load(tmp_path)
-    assert (settings.ttl, settings.config_file) == (5, None)
+    assert (settings.ttl, settings.config_file) == (1, None)
 
 
 def test_check_file(tmp_path: Path) -> None:
@@ -334,8 +378,8 @@ def test_sample_config_serves_design_records(tmp_path: Path) -> None:
     settings = load(tmp_path, SAMPLE.read_text(), flags={"listen": ["127.0.0.1:5353"]})
     lines = zone_text(settings)
     assert lines[:3] == [
-        "gateway.docker. 5 IN A 172.17.0.1",
-        "api.example.test. 5 IN CNAME web.docker.",
+        "gateway.docker. 1 IN A 172.17.0.1",
+        "api.example.test. 1 IN CNAME web.docker.",
         "_http._tcp.web.docker. 60 IN SRV 0 0 80 web.docker.",
     ]
     assert [r.rtype for r in settings.records[3:]] == ["TXT"]
@@ -370,6 +414,7 @@ ENV_SETTINGS: list[tuple[str, str, Field, object]] = [
     ("DOCKERDNS_FORWARD_UPSTREAMS", "192.0.2.1,192.0.2.2:5300", lambda s: s.forward.upstreams,
      (Address("192.0.2.1", 53), Address("192.0.2.2", 5300))),
     ("DOCKERDNS_FORWARD_ENABLED", "false", lambda s: s.forward.enabled, False),
+    ("DOCKERDNS_FORWARD_MAX_TTL", "600", lambda s: s.forward.max_ttl, 600),
     ("DOCKERDNS_ALLOW", "10.0.0.0/8,::1", lambda s: s.allow, nets("10.0.0.0/8", "::1/128")),
     ("DOCKERDNS_EXTERNAL_NAMES", "TRUE", lambda s: s.external_names, True),
     ("DOCKERDNS_HTTP_LISTEN", "0.0.0.0:5380", lambda s: s.http.listen, Address("0.0.0.0", 5380)),
@@ -399,6 +444,7 @@ FLAG_SETTINGS: list[tuple[str, object, Field, object]] = [
     ("docker.url", "tcp://10.0.0.1:2375", lambda s: s.docker.url, "tcp://10.0.0.1:2375"),
     ("forward.upstreams", ["192.0.2.1"], lambda s: s.forward.upstreams, (Address("192.0.2.1", 53),)),
     ("forward.enabled", False, lambda s: s.forward.enabled, False),
+    ("forward.max_ttl", "60", lambda s: s.forward.max_ttl, 60),
     ("allow", ["10.0.0.0/8"], lambda s: s.allow, nets("10.0.0.0/8")),
     ("external_names", True, lambda s: s.external_names, True),
     ("http.listen", "127.0.0.1:5380", lambda s: s.http.listen, Address("127.0.0.1", 5380)),
@@ -490,6 +536,92 @@ def test_docker_url_defaults_to_docker_host(tmp_path: Path) -> None:
     assert load(tmp_path, "docker: {url: 'unix:///x.sock'}", environ=environ).docker.url == "unix:///x.sock"
 
 
+# --- The default allow holds the host's own addresses -----------------------------
+
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 172.17.0.0/16 2 0 2
+        +-- 172.17.0.0/31 1 0 0
+           |-- 172.17.0.0
+              /16 link UNICAST
+           |-- 172.17.0.1
+              /32 host LOCAL
+     +-- 203.0.113.0/24 2 0 2
+           |-- 203.0.113.0
+              /24 link UNICAST
+           |-- 203.0.113.5
+              /32 host LOCAL
+           |-- 203.0.113.255
+              /32 link BROADCAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+           |-- 203.0.113.5
+              /32 host LOCAL
+"""
+IF_INET6 = """\
+20010db8000000000000000000000005 04 40 00 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+fd000000000000000000000000000002 04 40 00 82     eth0
+"""
+
+
+def write_proc_net(tmp_path: Path) -> None:
+    (tmp_path / "proc-net").mkdir()
+    (tmp_path / "proc-net" / "fib_trie").write_text(FIB_TRIE)
+    (tmp_path / "proc-net" / "if_inet6").write_text(IF_INET6)
+
+
+def test_default_allow_holds_the_hosts_addresses(tmp_path: Path) -> None:
+    """No allow given: DEFAULT_ALLOW plus every address of the host it does not already hold, IPv4 and IPv6."""
+    write_proc_net(tmp_path)
+    assert load(tmp_path).allow == DEFAULT_ALLOW + nets("203.0.113.5/32", "2001:db8::5/128")
+    assert load(tmp_path, "allow:\n").allow == load(tmp_path).allow  # null: the default
+
+
+@pytest.mark.parametrize("where", ["yaml", "env", "flag"])
+def test_allow_given_is_used_exactly_as_written(tmp_path: Path, where: str) -> None:
+    """An allow list the operator gives, in any layer, gets no host addresses added."""
+    write_proc_net(tmp_path)
+    if where == "yaml":
+        settings = load(tmp_path, "allow: [10.0.0.0/8]")
+    elif where == "env":
+        settings = load(tmp_path, environ={"DOCKERDNS_ALLOW": "10.0.0.0/8"})
+    else:
+        settings = load(tmp_path, flags={"allow": ["10.0.0.0/8"]})
+    assert settings.allow == nets("10.0.0.0/8")
+
+
+def test_host_networks_are_this_machines_addresses() -> None:
+    """The addresses read from /proc/net are exactly those `ip address` lists (iproute2 as the reference)."""
+    def both() -> tuple[set[object], set[object]]:
+        listed = subprocess.run(["ip", "-o", "address", "show", "up"], capture_output=True, text=True,
+                                check=True).stdout
+        expected = {ipaddress.ip_interface(line.split()[3]).ip for line in listed.splitlines()
+                    if line.split()[2] in ("inet", "inet6")}
+        read = {net.network_address for net in config.host_networks() if net.prefixlen == net.max_prefixlen}
+        return expected, read
+
+    # Other tests on this machine may add an address to lo between the two reads: look again until they agree.
+    deadline = time.monotonic() + 5
+    expected, read = both()
+    while expected != read and time.monotonic() < deadline:
+        expected, read = both()
+    assert read == expected
+    assert all(any(ip in net for net in config.default_allow()) for ip in expected)
+
+
 # --- Upstreams from resolv.conf, never dockerdns itself -----------------------
 
 RESOLV_CONF = """\
@@ -555,7 +687,7 @@ def test_env_name() -> None:
     assert config.env_name("forward.upstreams") == "DOCKERDNS_FORWARD_UPSTREAMS"
     assert [config.env_name(key) for key in config.FLAGS] == [
         "DOCKERDNS_LISTEN", "DOCKERDNS_DOMAIN", "DOCKERDNS_TTL", "DOCKERDNS_DOCKER_URL",
-        "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_ALLOW",
+        "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_FORWARD_MAX_TTL", "DOCKERDNS_ALLOW",
         "DOCKERDNS_EXTERNAL_NAMES", "DOCKERDNS_HTTP_LISTEN", "DOCKERDNS_LOG_LEVEL",
         "DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", "DOCKERDNS_RATE_LIMIT_SLIP", "DOCKERDNS_RATE_LIMIT_WINDOW",
     ]

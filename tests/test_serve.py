@@ -1,9 +1,16 @@
-"""`dockerdns serve` as a process: signals, reload, start failures, Docker unreachable."""
+"""`dockerdns serve` as a process: signals, reload, start failures, Docker unreachable.
+
+A client that is neither loopback nor an address of this machine lives in a
+network namespace the test creates (`Outside`), joined to the host by a veth
+pair on a documentation network (RFC 5737); nothing leaves the machine.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import random
 import re
 import signal
 import socket
@@ -11,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +32,7 @@ from dockerdns.config import Address
 from tests.dnsstub import StubUpstream
 
 NO_DOCKER = "unix:///nonexistent/docker.sock"
+RELOAD_DONE = r"reloaded|kept the previous settings"
 
 
 class Server:
@@ -61,6 +70,26 @@ class Server:
 
     def ask(self, name: str, qtype: str = "A", timeout: float = 3) -> dns.message.Message:
         return dns.query.udp(dns.message.make_query(name, qtype), "127.0.0.1", port=self.port, timeout=timeout)
+
+    def port_on(self, host: str) -> int:
+        """The port bound on `host` (each `--listen HOST:0` gets its own)."""
+        line = self.wait_line(r"listening on .*" + re.escape(host) + r":\d+")
+        return int(re.search(re.escape(host) + r":(\d+)", line).group(1))  # type: ignore[union-attr]
+
+    def reload(self) -> None:
+        """SIGHUP, then wait until the server says it reloaded or kept its settings."""
+        done = len([line for line in self.lines if re.search(RELOAD_DONE, line)])
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_count(RELOAD_DONE, done + 1)
+
+    def wait_count(self, pattern: str, count: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while len([line for line in self.lines if re.search(pattern, line)]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"fewer than {count} lines matching {pattern!r} in {self.lines}")
+                self._seen.wait(min(remaining, 0.1))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -161,3 +190,211 @@ def test_privileged_port_hint_names_the_fix() -> None:
     err = PermissionError(errno.EACCES, "Permission denied")
     hint = servers._hint(err, Address("127.0.0.1", 53))
     assert "root" in hint and "CAP_NET_BIND_SERVICE" in hint and "--listen 127.0.0.1:5353" in hint
+
+
+# --- A client from outside this machine -----------------------------------------------
+
+
+class Outside:
+    """A network namespace behind a veth pair: a client that is not loopback and not an address of this host."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.netns, self._host_if, ns_if = f"dnst-{tag}", f"dnst{tag}h", f"dnst{tag}n"
+        block = 4 * random.randrange(32, 63)  # a /30 in 198.51.100.128/25; concurrent runs rarely collide
+        self.gateway, self.address = f"198.51.100.{block + 1}", f"198.51.100.{block + 2}"
+        self._ip("netns", "add", self.netns)
+        try:
+            self._ip("link", "add", self._host_if, "type", "veth", "peer", "name", ns_if, "netns", self.netns)
+            self._ip("addr", "add", f"{self.gateway}/30", "dev", self._host_if)
+            self._ip("link", "set", self._host_if, "up")
+            self._ip("-n", self.netns, "addr", "add", f"{self.address}/30", "dev", ns_if)
+            self._ip("-n", self.netns, "link", "set", ns_if, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"ip {' '.join(args)}: {done.stderr.strip()} (needs root and iproute2)", pytrace=False)
+
+    def udp_socket(self) -> socket.socket:
+        """A UDP socket that lives in the namespace: made there by a helper process and handed over (SCM_RIGHTS)."""
+        parent, child = socket.socketpair()
+        code = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [b'x'], [s.fileno()])")
+        with parent, child:
+            subprocess.run(["nsenter", f"--net=/var/run/netns/{self.netns}", sys.executable, "-c", code,
+                            str(child.fileno())], pass_fds=(child.fileno(),), check=True, timeout=10)
+            _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=fds[0])
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self._host_if], capture_output=True)  # gone with the netns, normally
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    client = Outside()
+    yield client
+    client.close()
+
+
+def flood(sock: socket.socket, server: tuple[str, int], name: str, count: int) -> list[dns.message.Message]:
+    """`count` identical queries (ids aside) at once; the replies that come back within a quiet second."""
+    for ident in range(count):
+        sock.sendto(dns.message.make_query(name, "A", id=ident).to_wire(), server)
+    replies = []
+    sock.settimeout(1.0)
+    with contextlib.suppress(socket.timeout):
+        while True:
+            replies.append(dns.message.from_wire(sock.recv(65535)))
+    return replies
+
+
+def ask_from(sock: socket.socket, server: tuple[str, int], name: str) -> dns.message.Message:
+    return dns.query.udp(dns.message.make_query(name, "A"), server[0], port=server[1], timeout=3, sock=sock)
+
+
+@contextlib.contextmanager
+def local_address(ip: str) -> Iterator[str]:
+    """`ip`/32 on lo while the block runs: one more address of this host, not loopback."""
+    added = subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", "lo"], capture_output=True, text=True)
+    if added.returncode != 0:
+        pytest.fail(f"cannot add {ip} to lo (needs root and iproute2): {added.stderr.strip()}", pytrace=False)
+    try:
+        yield ip
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], capture_output=True)
+
+
+# --- The default allow ---------------------------------------------------------------
+
+
+def test_default_allow_answers_the_hosts_own_addresses(config: Path) -> None:
+    """Default allow: a query from any address of this host is answered; an allow list given is used as written.
+
+    Docker's MASQUERADE rule makes `dig @172.17.0.1` on the host arrive from the
+    host's primary address, which may be public; the default must answer it.
+    """
+    with local_address(f"198.51.100.{random.randrange(64, 128)}") as own:
+        for args, expected in (((), dns.rcode.NOERROR), (("--allow", "127.0.0.0/8"), dns.rcode.REFUSED)):
+            srv = Server("-c", str(config), "--no-forward", *args)
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((own, 0))
+                    msg = ask_from(sock, ("127.0.0.1", srv.port), "first.docker")
+                assert msg.rcode() == expected, args
+                assert addresses(msg) == (["10.0.0.1"] if expected == dns.rcode.NOERROR else [])
+            finally:
+                srv.stop()
+
+
+# --- SIGHUP reloads every setting it names ---------------------------------------------
+
+RECORD = "records:\n  - {name: first, type: A, value: 10.0.0.1}\n"
+
+
+def test_sighup_reloads_allow(tmp_path: Path, outside: Outside) -> None:
+    """SIGHUP applies a new allow list: a client outside it is refused, then answered, then refused again."""
+    path = tmp_path / "dockerdns.yaml"
+    path.write_text(RECORD + "allow: [127.0.0.0/8]\n")
+    srv = Server("-c", str(path), "--no-forward", "--listen", f"{outside.gateway}:0")
+    try:
+        server = (outside.gateway, srv.port_on(outside.gateway))
+        with outside.udp_socket() as sock:
+            assert ask_from(sock, server, "first.docker").rcode() == dns.rcode.REFUSED
+            path.write_text(RECORD + f"allow: [127.0.0.0/8, {outside.address}]\n")
+            srv.reload()
+            assert addresses(ask_from(sock, server, "first.docker")) == ["10.0.0.1"]
+            path.write_text(RECORD + "allow: [127.0.0.0/8]\n")
+            srv.reload()
+            assert ask_from(sock, server, "first.docker").rcode() == dns.rcode.REFUSED
+    finally:
+        srv.stop()
+
+
+def test_sighup_reloads_upstreams(tmp_path: Path) -> None:
+    """SIGHUP applies new upstreams: the same outside name is then answered by the new upstream, not a cache."""
+    first = StubUpstream("www.example.org. 300 IN A 192.0.2.1\n")
+    second = StubUpstream("www.example.org. 300 IN A 192.0.2.2\n")
+    path = tmp_path / "dockerdns.yaml"
+    path.write_text(RECORD + f"forward: {{upstreams: ['{first.address}']}}\n")
+    srv = Server("-c", str(path))
+    try:
+        assert addresses(srv.ask("www.example.org")) == ["192.0.2.1"]
+        path.write_text(RECORD + f"forward: {{upstreams: ['{second.address}']}}\n")
+        srv.reload()
+        assert addresses(srv.ask("www.example.org")) == ["192.0.2.2"]
+        assert [seen.qname for seen in second.seen] == ["www.example.org."]
+    finally:
+        srv.stop()
+        first.close()
+        second.close()
+
+
+def test_sighup_turns_forwarding_off_and_on(tmp_path: Path) -> None:
+    """SIGHUP applies forward.enabled: an outside name is forwarded, then REFUSED, then forwarded again."""
+    upstream = StubUpstream("www.example.org. 300 IN A 192.0.2.1\n")
+    path = tmp_path / "dockerdns.yaml"
+    forward = RECORD + f"forward: {{enabled: %s, upstreams: ['{upstream.address}']}}\n"
+    path.write_text(forward % "true")
+    srv = Server("-c", str(path))
+    try:
+        assert addresses(srv.ask("www.example.org")) == ["192.0.2.1"]
+        path.write_text(forward % "false")
+        srv.reload()
+        assert srv.ask("www.example.org").rcode() == dns.rcode.REFUSED
+        assert addresses(srv.ask("first.docker")) == ["10.0.0.1"]  # the zone is still served
+        path.write_text(forward % "true")
+        srv.reload()
+        assert addresses(srv.ask("www.example.org")) == ["192.0.2.1"]
+    finally:
+        srv.stop()
+        upstream.close()
+
+
+def test_sighup_reloads_rate_limits(tmp_path: Path, outside: Outside) -> None:
+    """SIGHUP applies rate limits: a burst from a client off this machine is answered whole, limited, then whole."""
+    path = tmp_path / "dockerdns.yaml"
+    base = RECORD + f"allow: [127.0.0.0/8, {outside.address}]\n"
+    path.write_text(base + "rate_limit: {responses_per_second: 0}\n")
+    srv = Server("-c", str(path), "--no-forward", "--listen", f"{outside.gateway}:0")
+    try:
+        server = (outside.gateway, srv.port_on(outside.gateway))
+        with outside.udp_socket() as sock:
+            assert len(flood(sock, server, "first.docker", 40)) == 40
+            path.write_text(base + "rate_limit: {responses_per_second: 1, slip: 0, window: 1}\n")
+            srv.reload()
+            assert len(flood(sock, server, "first.docker", 40)) <= 3  # a second's credit, and what the burst earns
+            path.write_text(base + "rate_limit: {responses_per_second: 0}\n")
+            srv.reload()
+            assert len(flood(sock, server, "first.docker", 40)) == 40
+    finally:
+        srv.stop()
+
+
+def test_sighup_broken_file_keeps_old_config_one_line(tmp_path: Path) -> None:
+    """A file that no longer parses: one line names it, and records, forwarding and allow all stay as they were."""
+    upstream = StubUpstream("www.example.org. 300 IN A 192.0.2.1\n")
+    path = tmp_path / "dockerdns.yaml"
+    path.write_text(RECORD + f"forward: {{upstreams: ['{upstream.address}']}}\nallow: [127.0.0.0/8]\n")
+    srv = Server("-c", str(path))
+    try:
+        before = len(srv.lines)
+        path.write_text("records: [\n  - {name: second, type: A, value: 10.0.0.2}\n"
+                        "allow: []\nforward: {enabled: false\n")
+        srv.reload()
+        new = srv.lines[before:]
+        assert len([line for line in new if str(path) in line]) == 1, new
+        assert not any("Traceback" in line or line[:1].isspace() for line in new), new
+        assert addresses(srv.ask("first.docker")) == ["10.0.0.1"]
+        assert srv.ask("second.docker").rcode() == dns.rcode.NXDOMAIN
+        assert addresses(srv.ask("www.example.org")) == ["192.0.2.1"]
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+        upstream.close()
