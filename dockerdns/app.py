@@ -20,13 +20,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings
+from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings, host_networks
 from .cache import UpstreamCache
 from .forwarder import Forwarder
 from .records import STATIC, Record, zone_name
 from .resolver import Policy
 from .responder import Responder
-from .rrl import RateLimit
+from .rrl import LOOPBACK, RateLimit
 from .servers import BindError, TcpServer, UdpServer, bind
 from .stats import Stats
 from .status import StatusServer, View
@@ -44,9 +44,9 @@ class StartError(Exception):
 def rate_limit_of(settings: RateLimitSettings, table: RecordTable) -> RateLimit | None:
     if not settings.responses_per_second:
         return None
-    # Rule 5 of rrl: the addresses of running containers are never limited.
+    # Rule 5 of rrl: loopback, the host's own addresses and those of running containers are never limited.
     return RateLimit(settings.responses_per_second, window=settings.window, slip=settings.slip,
-                     local=lambda client: client in table.snapshot.hosts)
+                     exempt=LOOPBACK + host_networks(), local=lambda client: client in table.snapshot.hosts)
 
 
 def policy_of(settings: Settings) -> Policy:

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, SOA, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
+from . import wire
 from .pool import DaemonPool
 from .settings import DEFAULT_FORWARD_MAX_TTL, Address
 
@@ -444,7 +445,13 @@ def _under(name: Labels, zone: Labels) -> bool:
 
 
 def _parse_reply(data: bytes) -> DNSRecord | None:
-    """An upstream's reply parsed, or None. The one place upstream bytes are decoded: a hardened decoder goes here."""
+    """An upstream's reply parsed, or None. The one place upstream bytes are decoded.
+
+    Its names are read with bounded work first (wire.py Rule 4), so that a
+    hostile upstream's pointer chains cost no more than a client's.
+    """
+    if len(data) < wire.HEADER_LEN or wire.sections(data) is None:
+        return None
     try:
         return DNSRecord.parse(data)
     except Exception:  # dnslib raises DNSError, but also struct/Unicode/Index errors on garbage

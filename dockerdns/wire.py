@@ -303,7 +303,7 @@ def sections(data: bytes) -> Sections | None:
             start, pos = pos, name[1]
             rtype, _, _, rdlen = struct.unpack_from("!HHIH", data, pos)
             pos += 10 + rdlen
-            if pos > len(data):
+            if pos > len(data) or not _rdata_names_bounded(data, rtype, pos - rdlen, pos):
                 return None
             records.append((start, pos, rtype))
     except struct.error:
@@ -311,6 +311,25 @@ def sections(data: bytes) -> Sections | None:
     if qd and HEADER_LEN + 4 > len(data):
         return None
     return Sections(HEADER_LEN if not qd else _question_end(data), tuple(records), (an, ns, ar))
+
+
+# Where names sit in the rdata of the types that dnslib decodes names for:
+# (offset of the first name, how many names follow one another).
+_RDATA_NAMES = {2: (0, 1), 5: (0, 1), 12: (0, 1), 39: (0, 1), 15: (2, 1), 33: (6, 1), 6: (0, 2)}
+
+
+def _rdata_names_bounded(data: bytes, rtype: int, start: int, end: int) -> bool:
+    """True when the names inside a record's rdata read within the bounds of `read_name` (Rule 4)."""
+    layout = _RDATA_NAMES.get(rtype)
+    if layout is None:
+        return True
+    pos = start + layout[0]
+    for _ in range(layout[1]):
+        name = read_name(data, pos)
+        if name is None or name[1] > end:
+            return False
+        pos = name[1]
+    return True
 
 
 def _question_end(data: bytes) -> int:
