@@ -202,7 +202,13 @@ class App:
     def _update_policy(self, locked: bool = False) -> None:
         """The resolver's policy from the settings, and `ns.<zone>`'s addresses: those now bound."""
         servers = self._servers_locked() if locked else self._all_servers()
-        hosts = sorted({s.address.host for s in servers} - {"0.0.0.0", "::"})
+        bound = {s.address.host for s in servers}
+        hosts = sorted(bound - {"0.0.0.0", "::"})
+        if bound & {"0.0.0.0", "::"}:
+            # A wildcard listen address stands for every address of the machine (of its family).
+            families = {4 if host == "0.0.0.0" else 6 for host in bound & {"0.0.0.0", "::"}}
+            hosts = sorted(set(hosts) | {str(net.network_address) for net in host_networks()
+                                         if net.version in families and not net.network_address.is_link_local})
         self.responder.policy = policy_of(self.settings)
         name = f"ns.{zone_name(self.settings.domain)}"
         self.table.replace(SERVER, [

@@ -18,7 +18,7 @@ import dns.rcode
 import pytest
 
 from dockerdns.app import App
-from dockerdns.config import Address, ForwardSettings, Settings
+from dockerdns.config import Address, ForwardSettings, Settings, host_networks
 from dockerdns.records import Record
 
 from .dnsstub import StubUpstream
@@ -170,3 +170,17 @@ def test_notimp_sets_neither_ra_nor_rd(server: tuple[str, int]) -> None:
     reply = raw(server, query.to_wire())
     flags = struct.unpack("!H", reply[2:4])[0]
     assert flags & 0x0F == dns.rcode.NOTIMP and not flags & 0x0180 and reply[4:10] == b"\x00" * 6
+
+
+def test_name_server_behind_a_wildcard_listen_has_the_machines_addresses() -> None:
+    """Listening on 0.0.0.0 (as the image does), ns.docker answers with the machine's IPv4 addresses."""
+    app = App(Settings(listen=(Address("0.0.0.0", 0),), forward=ForwardSettings(False, ())), docker=False)
+    app.start()
+    try:
+        port = app.addresses()[0].port
+        msg = ask(("127.0.0.1", port), "ns.docker", "A")
+        found = {rd.to_text() for rrset in msg.answer for rd in rrset}
+        assert msg.rcode() == dns.rcode.NOERROR and "127.0.0.1" in found
+        assert found == {str(net.network_address) for net in host_networks() if net.version == 4}
+    finally:
+        app.stop()
