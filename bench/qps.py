@@ -238,21 +238,26 @@ class Bench:
             extra += ["-Q", str(rate), "-v"]
         before = Meter.read(servers)
         cpu_before = process_cpu_seconds(server.pid)
+        # dnsperf writes its report (with -v a line per query) to a file: nothing on core 0 reads a pipe meanwhile.
+        main_out, side_out = os.path.join(self.work, "dnsperf.out"), os.path.join(self.work, "stream.out")
         side = None
-        if stream:
-            side = subprocess.Popen(self.dnsperf(server, stream, seconds, ["-c", "1", "-Q", str(STREAM_QPS), "-v"]),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        main = subprocess.run(self.dnsperf(server, path, seconds, extra), capture_output=True, text=True)
-        side_out = side.communicate()[0] if side else ""
+        with open(main_out, "w") as main_file, open(side_out, "w") as side_file:
+            if stream:
+                side = subprocess.Popen(self.dnsperf(server, stream, seconds, ["-c", "1", "-Q", str(STREAM_QPS), "-v"]),
+                                        stdout=side_file, stderr=subprocess.DEVNULL)
+            main = subprocess.run(self.dnsperf(server, path, seconds, extra), stdout=main_file,
+                                  stderr=subprocess.PIPE, text=True)
+            if side:
+                side.wait()
         cpu = process_cpu_seconds(server.pid) - cpu_before
         noise = Meter.read(servers).noise_since(before)
         if main.returncode != 0:
             return Run(noise=noise, error=(main.stderr.strip().splitlines() or ["dnsperf failed"])[-1])
-        stats = Summary.parse(main.stdout)
+        stats = Summary.parse(read(main_out))
         run = Run(stats.qps, cpu / max(stats.completed, 1) * 1e6, stats.lost, stats.rcodes,
                   p99(stats.latencies), noise, stats.response_bytes)
         if side:
-            run.stream_p99_ms = p99(Summary.parse(side_out).latencies)
+            run.stream_p99_ms = p99(Summary.parse(read(side_out)).latencies)
         return run
 
     # -- workloads -------------------------------------------------------------------------------
@@ -560,6 +565,11 @@ def write(path: str, text: str) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def mib(value: float) -> str:
