@@ -59,13 +59,30 @@ def core_times(core: str) -> tuple[float, float]:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system seconds of a process, all its threads; 0 once it is gone."""
+    """User + system seconds of a process (all its threads) and of its children, live or reaped; 0 once gone.
+
+    dnsmasq forks a child per TCP connection: its children's time is its time.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of proc(5)
+    # utime, stime, cutime, cstime: fields 14 to 17 of proc(5); cutime/cstime hold the reaped children
+    own = sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return own + sum(process_cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The live children of a process, from every thread's children list."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def rss_mib(pid: int) -> float:

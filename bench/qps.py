@@ -9,12 +9,13 @@ threads). Runs alternate between the servers (dnsmasq, dockerdns, dnsmasq,
 Printed per workload, as medians over the rounds:
 
 - queries/s of each server and the ratio dockerdns / dnsmasq;
-- CPU per answered query: the server process's own user + system time
-  (all its threads; softirq work the kernel does not charge to it is not
-  counted);
+- CPU per answered query: the server's own user + system time (all its
+  threads, and its children: dnsmasq forks one per TCP connection); with
+  tick accounting the softirq work done in its context is included;
 - p99 latency at half the server's own median rate (one more run with
   dnsperf -Q and -v; lost queries are not in the percentile);
-- loss at full speed; the response codes of the last full-speed run;
+- loss at full speed; the response codes and mean response size of the
+  last full-speed run (a run dnsperf itself fails is run once more);
 - noise: the share of both cores' time that processes other than ours (and
   the hypervisor's steal) took during a run. Other work on this machine
   makes the figures unreliable: the table says so when noise exceeded
@@ -79,6 +80,7 @@ STRANGER_SECONDS = 300  # bound on sending the 100,000 distinct queries
 DNSPERF_CLIENTS, DNSPERF_OUTSTANDING, DNSPERF_TIMEOUT = "8", "500", "2"
 STOP_SECONDS = 5
 RELOAD_SECONDS = 5  # a reload must show within this
+RETRIES = 1  # a dnsperf run that failed (dnsperf 2.10 over TCP to dnsmasq: "Bad file descriptor") is run again
 HOSTILE_DEADLINE_SECONDS = 60  # per transport
 EDNS_LOCAL_OPTION = 65001  # RFC 6891 section 9: 65001-65534 reserved for local/experimental use
 NAN = float("nan")
@@ -297,8 +299,12 @@ class Bench:
                 if wl.fresh:
                     write(queries, "".join(wl.lines(self.rng)))
                 for s in servers:
-                    with self.churning(s if wl.kind == "churn" else None):
-                        run = self.run(s, servers, queries, wl, stream=stream)
+                    for _ in range(1 + RETRIES):
+                        with self.churning(s if wl.kind == "churn" else None):
+                            run = self.run(s, servers, queries, wl, stream=stream)
+                        if not run.error:
+                            break
+                        progress(wl.name, s.label, i, run)
                     out.runs.setdefault(s.label, []).append(run)
                     progress(wl.name, s.label, i, run)
             if wl.kind != "nxflood":
