@@ -45,6 +45,7 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import NamedTuple
 
 from dnslib import QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
@@ -80,7 +81,7 @@ class Ready:
     """The answer to one (name, type): header flags, counts and the sections after the question."""
 
     __slots__ = ("flags", "counts", "counts_opt", "bodies", "chunks", "head", "tail", "size", "turns",
-                 "networks", "variants", "found", "rotating", "soa")
+                 "networks", "variants", "found", "soa", "short")
 
     def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
                  chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
@@ -95,7 +96,7 @@ class Ready:
         self.networks: frozenset[str] = frozenset()  # non-empty: source-aware (Rule 5)
         self.variants: dict[frozenset[str], Ready] = {}
         self.found: Resolution | None = None  # what it was built from, for source-aware variants
-        self.rotating = -1  # the index of the rotating RRset in found.answer
+        self.short: Ready | None = None  # the same without its additional records (RFC 2181 section 9)
         self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
 
     def body(self) -> bytes:
@@ -172,39 +173,48 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
     """`found` packed; None when only the full resolver can answer it (Rule 6).
 
     `near` is None for the answer every client shares, else the networks of
-    a client among those of the rotating RRset (Rule 5). A negative answer
-    after a CNAME carries the SOA, whose serial changes with every table:
-    it is packed only when `snapshot` is given (the apex, rebuilt each time).
+    a client among those of the answer's addresses (Rule 5). A negative
+    answer after a CNAME carries the SOA, whose serial changes with every
+    table: it is packed only when `snapshot` is given (the apex, rebuilt
+    each time); other names take the snapshot's own at query time.
     """
     if found.outcome is Lookup.NOT_OURS or found.rest is not None:
         return None
-    # The SOA's serial changes with every table: the apex packs it (it is built anew each
-    # time); other names take the snapshot's own at query time (Ready.soa).
     authority = [soa_rr(snapshot)] if found.soa and snapshot is not None else []
     later_soa = found.soa and snapshot is None
     flags = QR | (AA if found.authoritative else 0) | found.rcode
     question = DNSQuestion(name, qtype)
+    glue = [rec for step in found.additional
+            for rec in (_near(step.records, near) if near is not None and step.rotates else step.records)]
+    additional = [RR(rec.name, getattr(QTYPE, rec.rtype), ttl=rec.ttl, rdata=rdata(rec.rtype, rec.value))
+                  for rec in glue]
     rotating = next((i for i, step in enumerate(found.answer) if step.rotates), -1)
+    counts = (len(authority) + later_soa, len(additional))
     if rotating < 0:
-        body, _ = _pack_steps(question, found, -1, [], authority)
-        built = Ready(flags, len(_records(found)), len(authority) + later_soa, 0, (body,))
-        built.soa = later_soa
-        return built
-    records = found.answer[rotating].records
-    rows = list(records) if near is None else _near(records, near)
-    count = len(_records(found)) - len(records) + len(rows)
-    if len(rows) <= PREBUILT_ROTATIONS:
-        bodies = tuple(_pack_steps(question, found, rotating, rows[k:] + rows[:k])[0] for k in range(len(rows)))
-        built = Ready(flags, count, 0, 0, bodies)
+        body, _ = _pack_steps(question, found, -1, [], authority, additional)
+        built = Ready(flags, len(_records(found)), *counts, (body,))
     else:
-        body, spans = _pack_steps(question, found, rotating, rows)
-        chunks = tuple(body[start:end] for start, end in spans)
-        built = Ready(flags, count, 0, 0, (), chunks, body[:spans[0][0]], body[spans[-1][1]:])
-    built.soa = later_soa  # never true with a rotating RRset: the chain ended in addresses
-    spanned = {rec.network for rec in records}
+        records = found.answer[rotating].records
+        rows = list(records) if near is None else _near(records, near)
+        count = len(_records(found)) - len(records) + len(rows)
+        if len(rows) <= PREBUILT_ROTATIONS:
+            bodies = tuple(_pack_steps(question, found, rotating, rows[k:] + rows[:k], authority, additional)[0]
+                           for k in range(len(rows)))
+            built = Ready(flags, count, *counts, bodies)
+        else:
+            body, spans = _pack_steps(question, found, rotating, rows, authority, additional)
+            chunks = tuple(body[start:end] for start, end in spans)
+            built = Ready(flags, count, *counts, (), chunks, body[:spans[0][0]], body[spans[-1][1]:])
+    built.soa = later_soa
+    if additional:
+        # RFC 2181 section 9: when the whole does not fit, the additional records go first.
+        built.short = ready(name, qtype, replace(found, additional=()), near, snapshot)
+    addresses = [*(found.answer[rotating].records if rotating >= 0 else ()),
+                 *(rec for step in found.additional for rec in step.records)]
+    spanned = {rec.network for rec in addresses}
     if near is None and len(spanned) > 1:  # Rule 5: a client's networks can change this answer
         built.networks = frozenset(net for net in spanned if net is not None)
-        built.found, built.rotating = found, rotating
+        built.found = found
     return built
 
 
@@ -218,7 +228,7 @@ def _records(found: Resolution) -> list[Record]:
 
 
 def _pack_steps(question: DNSQuestion, found: Resolution, rotating: int, rows: list[Record],
-                authority: list[RR] | None = None) -> tuple[bytes, list[tuple[int, int]]]:
+                authority: list[RR], additional: list[RR]) -> tuple[bytes, list[tuple[int, int]]]:
     """The sections after the question of `found`, the rotating RRset as `rows`; and where those rows lie."""
     rrs: list[RR] = []
     first = 0
@@ -227,18 +237,20 @@ def _pack_steps(question: DNSQuestion, found: Resolution, rotating: int, rows: l
             first = len(rrs)
         records = rows if index == rotating else step.records
         rrs.extend(RR(step.owner, getattr(QTYPE, r.rtype), ttl=r.ttl, rdata=rdata(r.rtype, r.value)) for r in records)
-    body, spans = _pack_records(rrs, authority or [], question)
+    body, spans = _pack_records(rrs, authority, question, additional)
     return body, (spans[first:first + len(rows)] if rotating >= 0 else [])
 
 
-def _pack_records(answer: list[RR], authority: list[RR],
-                  question: DNSQuestion | None = None) -> tuple[bytes, list[tuple[int, int]]]:
+def _pack_records(answer: list[RR], authority: list[RR], question: DNSQuestion | None = None,
+                  additional: list[RR] | None = None) -> tuple[bytes, list[tuple[int, int]]]:
     """The sections after the question, packed as wire.pack does, and the answer records' spans in them."""
     message = DNSRecord(DNSHeader(qr=1), q=question)
     for rr in answer:
         message.add_answer(rr)
     for rr in authority:
         message.add_auth(rr)
+    for rr in additional or ():
+        message.add_ar(rr)
     data, spans = pack(message)
     # The question was written out (wire.py Rule 3): its name ends at its first zero byte.
     start = data.index(0, HEADER_LEN) + 5 if question is not None else HEADER_LEN
@@ -367,6 +379,13 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
                 aa = 0
             elif _in_zone(key, snapshot.zone_wire):
                 found = snapshot.nxdomain
+                if snapshot.wildcards:
+                    source = _wildcard(key, snapshot)
+                    if source is not None:
+                        # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3).
+                        found = source.types.get(qtype, source.other)
+            elif snapshot.wildcards:
+                return None  # an absolute wildcard may hold it: the full resolver decides
             else:
                 return None  # not ours: forwarded
         if found is None:
@@ -391,6 +410,11 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         flags |= 0x80 if ra else 0
     if limit is None:
         limit = udp_limit
+    if qend + ready_.size + len(soa) + len(opt) > limit and ready_.short is not None:
+        ready_ = ready_.short  # additional records go first (RFC 2181 section 9)
+        counts = ready_.counts_opt if opt else ready_.counts
+        if qend + ready_.size + len(soa) + len(opt) <= limit:
+            return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:qend], ready_.body(), soa, opt))
     if qend + ready_.size + len(soa) + len(opt) > limit:
         # RFC 2181 section 9: too large for this client: the header, question and OPT, with TC.
         return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:qend], opt))
@@ -419,6 +443,18 @@ def _labels(key: bytes) -> int | None:
         pos += length + 1
         count += 1
     return count if pos == last and len(key) <= 255 else None
+
+
+def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
+    """The entry of `*.<closest encloser>` for a name the index does not hold (RFC 4592 section 3.3.1)."""
+    index = snapshot.index
+    pos = key[0] + 1
+    while pos < len(key) - 1:
+        ancestor = key[pos:]
+        if index.get(ancestor) is not None:  # names, empty non-terminals and the apex are all in the index
+            return index.get(b"\x01*" + ancestor)
+        pos += key[pos] + 1
+    return None
 
 
 def _in_zone(key: bytes, zone: bytes) -> bool:

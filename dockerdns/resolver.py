@@ -33,7 +33,7 @@ from enum import Enum
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSRecord
 
 from .records import Record, in_zone
-from .snapshot import Snapshot
+from .snapshot import RRsets, Snapshot
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,6 +80,7 @@ class Resolution:
     authoritative: bool = True
     soa: bool = False  # the zone's SOA goes in authority (RFC 2308 sections 2 and 3)
     rest: str | None = None  # a CNAME target outside the table: the chain goes on upstream
+    additional: tuple[RRset, ...] = ()  # the addresses of SRV targets (RFC 2782)
 
     @property
     def rcode(self) -> int:
@@ -157,9 +158,27 @@ def lookup(qname: str, qtype: int, snapshot: Snapshot) -> Resolution:
         # Answered as the zone's name is, but not authoritatively, and with no
         # SOA: the zone's SOA is no ancestor of the question.
         return replace(_chain(name, qtype, snapshot), authoritative=False, soa=False)
-    if in_zone(qname, zone) or qname in snapshot.names:
+    if in_zone(qname, zone) or qname in snapshot.names or wildcard(qname, snapshot) is not None:
         return _chain(qname, qtype, snapshot)
     return NOT_OURS
+
+
+def wildcard(name: str, snapshot: Snapshot) -> RRsets | None:
+    """The records a wildcard synthesises for `name`, a name the table does not hold (RFC 4592 section 3.3.1).
+
+    The closest encloser is the nearest ancestor that exists (a name with
+    records, an empty non-terminal, or the apex); only `*.<closest encloser>`
+    can answer, so an existing name blocks the wildcards above it for itself
+    and its whole subtree.
+    """
+    if not snapshot.wildcards or name in snapshot.names or name in snapshot.ents:
+        return None
+    labels = name.split(".")
+    for i in range(1, len(labels) - 1):
+        ancestor = ".".join(labels[i:])
+        if ancestor in snapshot.names or ancestor in snapshot.ents or ancestor == snapshot.zone:
+            return snapshot.names.get("*." + ancestor)
+    return None
 
 
 def _chain(name: str, qtype: int, snapshot: Snapshot) -> Resolution:
@@ -178,6 +197,8 @@ def _chain(name: str, qtype: int, snapshot: Snapshot) -> Resolution:
             return Resolution(Lookup.FOUND, tuple(steps))
         rrsets = snapshot.names.get(name)
         if rrsets is None:
+            rrsets = wildcard(name, snapshot)  # the owner stays `name` (RFC 4592 section 3.3.1)
+        if rrsets is None:
             # An empty non-terminal exists: NODATA, not NXDOMAIN (RFC 8020).
             # After a CNAME the rcode speaks of the last name (RFC 6604), and
             # a negative answer in the zone carries its SOA (RFC 2308 section 3).
@@ -189,7 +210,8 @@ def _chain(name: str, qtype: int, snapshot: Snapshot) -> Resolution:
         recs = rrsets.get(type_name)
         if recs:
             steps.append(RRset(name, type_name, _unique(recs)))
-            return Resolution(Lookup.FOUND, tuple(steps))
+            glue = _targets(recs, snapshot) if type_name == "SRV" else ()
+            return Resolution(Lookup.FOUND, tuple(steps), additional=glue)
         cname = rrsets.get("CNAME")
         if not cname:
             # NODATA; outside the zone there is no SOA of ours to give.
@@ -198,12 +220,27 @@ def _chain(name: str, qtype: int, snapshot: Snapshot) -> Resolution:
         target = cname[0].value.lower()
         if target in seen:
             return Resolution(Lookup.FOUND, tuple(steps))  # a loop: stop with what we have
-        if target not in snapshot.names and not (in_zone(target, zone) and target in snapshot.ents):
+        if target not in snapshot.names and not (in_zone(target, zone) and target in snapshot.ents) \
+                and wildcard(target, snapshot) is None:
             if in_zone(target, zone):
                 return Resolution(Lookup.NXDOMAIN, tuple(steps), soa=True)
             return Resolution(Lookup.FOUND, tuple(steps), rest=target)  # the rest is someone else's
         name = target
     return Resolution(Lookup.FOUND, tuple(steps))
+
+
+def _targets(srv: Iterable[Record], snapshot: Snapshot) -> tuple[RRset, ...]:
+    """The A and AAAA records of the targets of SRV records that the table holds, for the additional section."""
+    out: list[RRset] = []
+    seen: set[str] = set()
+    for rec in srv:
+        target = rec.value.split()[-1].lower()
+        if target in seen:
+            continue
+        seen.add(target)
+        rrsets = snapshot.names.get(target) or {}
+        out.extend(RRset(target, rtype, _unique(rrsets[rtype])) for rtype in ADDRESS_TYPES if rrsets.get(rtype))
+    return tuple(out)
 
 
 def _unique(recs: Iterable[Record]) -> tuple[Record, ...]:
@@ -261,7 +298,8 @@ def render(query: DNSRecord, found: Resolution, snapshot: Snapshot, client: str,
     """The reply to `query` holding `found`, ordered for `client` and rotated by `turn`."""
     reply = response_to(query, found.rcode, ra=ra)
     reply.header.aa = int(found.authoritative)
-    networks = snapshot.networks_of(client) if any(step.rotates for step in found.answer) else frozenset()
+    networks = snapshot.networks_of(client) if any(step.rotates for step in (*found.answer, *found.additional)) \
+        else frozenset()
     for index, step in enumerate(found.answer):
         # The first owner is the question as asked (Rule 4); later ones are CNAME targets.
         owner = query.q.qname if index == 0 else DNSLabel(step.owner)
@@ -270,6 +308,10 @@ def render(query: DNSRecord, found: Resolution, snapshot: Snapshot, client: str,
             reply.add_answer(RR(owner, getattr(QTYPE, rec.rtype), ttl=rec.ttl, rdata=rdata(rec.rtype, rec.value)))
     if found.soa:
         reply.add_auth(soa_rr(snapshot))
+    for step in found.additional:
+        for rec in source_aware(step.records, networks) if step.rotates else step.records:
+            reply.add_ar(RR(DNSLabel(step.owner), getattr(QTYPE, rec.rtype), ttl=rec.ttl,
+                            rdata=rdata(rec.rtype, rec.value)))
     return _with_opt(query, reply)
 
 

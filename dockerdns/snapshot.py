@@ -110,6 +110,7 @@ class Snapshot:
     # Queries seen on this snapshot -> what answers.answer read of them (answers.py Rule 7).
     queries: dict[bytes, Any] = field(default_factory=dict, compare=False)
     zone_wire: bytes = b"\x06docker\x00"  # the zone in wire format
+    wildcards: int = 0  # how many wildcard names (`*.<parent>`) the table holds
 
     def exists(self, name: str) -> bool:
         return name in self.names or name in self.ents

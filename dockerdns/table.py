@@ -150,9 +150,13 @@ class RecordTable:
         subnets = tuple(self._subnets)
         if subnets == old_snap.subnets:
             subnets = old_snap.subnets  # the same object: the client-networks memo stays (snapshot.py Rule 2)
+        wildcards = old_snap.wildcards + sum(
+            (1 if value is not GONE else -1) if (key in old_snap.names) != (value is not GONE) else 0
+            for key, value in names.items() if key.startswith("*."))
         snapshot = replace(
             old_snap,
             generation=old_snap.generation + 1,
+            wildcards=wildcards,
             names=old_snap.names.evolve(names),
             ents=old_snap.ents.evolve({name: self._ents.get(name, GONE) for name in ents}),
             subnets=subnets,

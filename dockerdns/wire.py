@@ -102,6 +102,14 @@ def encode(reply: DNSRecord, limit: int = TCP_LIMIT) -> bytes:
     data, _ = pack(reply)
     if len(data) <= limit:
         return data
+    extra = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
+    if extra:
+        # RFC 2181 section 9: additional records go first; the answer is whole without them, so no TC.
+        reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+        data, _ = pack(reply)
+        reply.ar = extra + reply.ar
+        if len(data) <= limit:
+            return data
     cut = DNSRecord(DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1), q=reply.q)
     for rr in reply.ar:
         if rr.rtype == QTYPE.OPT:
