@@ -63,7 +63,7 @@ class RecordTable:
         self._ents: dict[str, int] = {}  # name -> how many names with records lie below it
         self._subnets: dict[tuple[IPNetwork, str], int] = {}
         self._hosts: dict[str, int] = {}  # container address -> how many records hold it
-        self._aliases: dict[str, set[str]] = {}  # CNAME target -> the names whose CNAME points at it
+        self._aliases: dict[str, set[str]] = {}  # CNAME or SRV target -> the names that point at it
         self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
         self._left_out: dict[str, int] = {}  # shared name -> holders left out for their health (Rule 5)
         empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl,
@@ -203,14 +203,16 @@ class RecordTable:
         if rec.rtype in ("A", "AAAA") and owner not in RANK:
             self._count(self._hosts, rec.value, delta)
             hosts.add(rec.value)
-        if rec.rtype == "CNAME":
-            pointing = self._aliases.setdefault(rec.value.lower(), set())
+        if rec.rtype in ("CNAME", "SRV"):
+            # Its answer holds the target's records (the chain, or the SRV's additional section).
+            target = rec.value.split()[-1].lower()
+            pointing = self._aliases.setdefault(target, set())
             if delta > 0:
                 pointing.add(rec.name)
             else:
                 pointing.discard(rec.name)
                 if not pointing:
-                    del self._aliases[rec.value.lower()]
+                    del self._aliases[target]
 
     def _finish(self, snapshot: Snapshot, changed: set[str], rebuild: bool = False) -> Snapshot:
         """`snapshot` with its ready answers: new ones for `changed` names and whatever leads to them."""
