@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import socket
 import sys
@@ -20,8 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings, host_networks
 from .cache import UpstreamCache
+from .changes import Change, Changes, ChangeWatcher
+from .config import BRIDGE, Address, ConfigError, RateLimitSettings, Settings, host_networks
 from .forwarder import Forwarder
 from .records import STATIC, Record, zone_name
 from .resolver import Policy
@@ -74,6 +76,8 @@ class App:
 
             self.source = DockerSource(settings, self.table, on_gateway=self._on_gateway)
             self.source.on_propagation = self.stats.propagation.observe
+        self._watcher = watch_changes(self.table, self.source)
+        self.changes: Changes = self._watcher.changes
 
     def _forwarder_for(self, settings: Settings) -> Forwarder | None:
         return self.forwarder if settings.forward.enabled else None
@@ -98,6 +102,7 @@ class App:
         log.info("listening on %s", ", ".join(sorted({str(s.address) for s in self.servers})) or "nothing yet")
         if any(a.host == BRIDGE for a in self.settings.listen):
             log.info("waiting for Docker to tell the bridge gateway address")
+        self._watcher.start()
         if self.source is not None:
             self.source.start()
 
@@ -127,6 +132,7 @@ class App:
             source=lambda: self.source,
             forwarder=lambda: self.responder.forwarder,
             rate_limit=lambda: self.rate_limit,
+            changes=lambda: [change.as_json() for change in self.changes.recent()],
         )
         try:
             return StatusServer(address, view)
@@ -149,6 +155,8 @@ class App:
             "listening": [str(a) for a in self.addresses()],
             "docker": "in sync" if self.source is not None and self.source.in_sync else "not in sync",
             "records": snapshot.record_count,
+            "forwarding": self.settings.forward.enabled,
+            "upstreams": [str(a) for a in self.forwarder.upstreams],
         }
         if problems:
             details["reason"] = "; ".join(problems)
@@ -229,6 +237,7 @@ class App:
     def stop(self) -> None:
         if self.source is not None:
             self.source.stop()
+        self._watcher.stop()
         with self._lock:
             for _, pair in self._bridge.values():
                 self._close(pair)
@@ -277,6 +286,14 @@ def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int
     return 0
 
 
+def watch_changes(table: RecordTable, source: Any) -> ChangeWatcher:
+    """The one source of change records (GET /changes, the status page, `records --watch`) for `table`."""
+    watcher = ChangeWatcher(Changes(lambda: table.snapshot))
+    if source is not None:
+        source.on_event = watcher.on_event
+    return watcher
+
+
 def records_of(settings: Settings) -> list[Record]:
     """The records `serve` would publish now: static ones and a one-off read of Docker.
 
@@ -313,14 +330,17 @@ def print_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout) -
     return 0
 
 
-WATCH_POLL = 0.05  # seconds between two looks at the table in `records --watch`
+WATCH_POLL = 0.05  # seconds `records --watch` waits for a change before it looks whether to stop
 
 
 def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
                   stop: threading.Event | None = None) -> int:
     """`dockerdns records --watch`: the table, then each change as it happens, until interrupted.
 
-    A change is a line `+ NAME TYPE VALUE TTL CONTAINER` (or `-`); with
+    The changes are the ones GET /changes lists (one source: dockerdns.changes);
+    the table comes first as each owner's first change. A change is lines
+    `- NAME TYPE VALUE TTL CONTAINER` for the records it lost, then `+` for
+    the records it gained; with
     `as_json`, one JSON object per line with a "change" key. Docker being
     unreachable is not fatal here either: the source warns and retries.
     """
@@ -329,25 +349,32 @@ def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
     table = RecordTable(settings.domain)
     table.replace(STATIC, settings.records)
     source = DockerSource(settings, table)
+    watcher = watch_changes(table, source)
+    seen: queue.Queue[Change] = queue.Queue()
+    watcher.changes.subscribe(seen.put)
+    watcher.start()
     source.start()
     stop = stop or threading.Event()
-    shown: set[tuple[object, ...]] = set()
-    snapshot = None
     try:
         while not stop.is_set():
-            if table.snapshot is not snapshot:
-                snapshot = table.snapshot
-                rows = {tuple(row.values()) for row in record_rows(snapshot.records())}
-                for sign, changed in (("-", shown - rows), ("+", rows - shown)):
-                    for row in sorted(changed, key=str):
-                        if as_json:
-                            keys = ("name", "type", "value", "ttl", "owner", "health")
-                            out.write(json.dumps({"change": sign, **dict(zip(keys, row))}) + "\n")
-                        else:
-                            out.write(" ".join([sign, *map(str, row)]) + "\n")
-                out.flush()
-                shown = rows
-            stop.wait(WATCH_POLL)
+            try:
+                _print_change(seen.get(timeout=WATCH_POLL), as_json, out)
+            except queue.Empty:
+                continue
+            while not seen.empty():
+                _print_change(seen.get_nowait(), as_json, out)
+            out.flush()
     finally:
         source.stop()
+        watcher.stop()
     return 0
+
+
+def _print_change(change: Change, as_json: bool, out: TextIO) -> None:
+    """The lines of one change: its records lost (`-`), then gained (`+`)."""
+    for sign, records in (("-", change.removed), ("+", change.added)):
+        for row in sorted(record_rows(list(records)), key=lambda r: tuple(map(str, r.values()))):
+            if as_json:
+                out.write(json.dumps({"change": sign, **row}) + "\n")
+            else:
+                out.write(" ".join([sign, *map(str, row.values())]) + "\n")

@@ -159,6 +159,8 @@ class DockerSource:
         self.events_handled = 0
         #: Called with the seconds from an event's timeNano to its table update.
         self.on_propagation: Callable[[float], None] | None = None
+        #: Called after each event was handled, with the container's id and the event's time (epoch seconds).
+        self.on_event: Callable[[str, float], None] | None = None
 
         self._lock = threading.Lock()  # guards the state below and table writes
         self._inspects: dict[str, Inspect] = {}  # running containers by id
@@ -328,6 +330,11 @@ class DockerSource:
                 self.on_propagation(self._clock() - time_ns / 1e9)
             except Exception:
                 log.exception("docker: on_propagation hook failed")
+        if self.on_event is not None and isinstance(time_ns, int):
+            try:
+                self.on_event(cid, time_ns / 1e9)
+            except Exception:
+                log.exception("docker: on_event hook failed")
 
     def _refresh(self, client: Any, cid: str) -> None:
         """Inspect one container and publish what it now has."""

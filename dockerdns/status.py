@@ -1,4 +1,4 @@
-"""The read-only HTTP listener: GET /records, /healthz and /metrics.
+"""The read-only HTTP listener: GET / (the status page), /changes, /records, /healthz and /metrics.
 
 Rule 1: read-only. GET (and HEAD) only; anything else is 405, so the
         listener can never change what is served.
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from . import page
 from .settings import Address
 from .stats import Histogram, Stats, value
 from .table import Snapshot
@@ -45,6 +46,7 @@ class View:
     source: Callable[[], Any]  # the docker source, or None
     forwarder: Callable[[], Any]  # the forwarder, or None
     rate_limit: Callable[[], Any]  # the RateLimit, or None
+    changes: Callable[[], list[dict[str, object]]] = list  # GET /changes: the last table changes, oldest first
 
 
 class _Collector:
@@ -147,6 +149,10 @@ def _handler(view: View, registry: CollectorRegistry) -> type[BaseHTTPRequestHan
                 self._send(200 if healthy else 503, JSON, json.dumps(details).encode() + b"\n", head)
             elif path == "/metrics":
                 self._send(200, PROMETHEUS, generate_latest(registry), head)
+            elif path == "/changes":
+                self._send(200, JSON, json.dumps(view.changes(), indent=2).encode() + b"\n", head)
+            elif path == "/":
+                self._send(200, page.HTML, page.html(), head)
             else:
                 self._send(404, JSON, b'{"error": "not found"}\n', head)
 

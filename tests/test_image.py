@@ -116,7 +116,7 @@ def test_image_records_json(docker_client: Any, image: str, make_container: Call
 def test_image_serves_turns_healthy_and_stops(docker_client: Any, image: str, make_network: Callable[..., Any],
                                               make_container: Callable[..., Any],
                                               wait_for: Callable[..., Any]) -> None:
-    """On a fixed address the container answers names over DNS and HTTP, turns healthy, and stops at once."""
+    """On a fixed address the container answers names over DNS and HTTP (the page too), turns healthy, stops at once."""
     network, subnet = _fixed_network(make_network, "image")
     address = str(subnet.network_address + 53)
     endpoint = docker_client.api.create_endpoint_config(ipv4_address=address)
@@ -146,6 +146,8 @@ def test_image_serves_turns_healthy_and_stops(docker_client: Any, image: str, ma
     with urllib.request.urlopen(f"http://{address}:5380/records", timeout=5) as answer:
         names = {record["name"] for record in json.load(answer)}
     assert f"{db.name}.docker." in names
+    with urllib.request.urlopen(f"http://{address}:5380/", timeout=5) as answer:  # the page is package data
+        assert answer.headers["Content-Type"].startswith("text/html") and b"<title>dockerdns" in answer.read()
 
     started = time.monotonic()
     server.stop(timeout=10)
