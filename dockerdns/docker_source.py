@@ -61,7 +61,8 @@ import urllib3.exceptions
 
 from .settings import Settings
 from .naming import LABEL_IGNORE, Published, netns_owner_id, records_for_container
-from .records import Record
+from .records import STATIC, Record
+from .swarm import is_swarm_owner
 from .table import RecordTable
 
 log = logging.getLogger("dockerdns.docker")
@@ -416,7 +417,8 @@ class DockerSource:
             cid: records_for_container(_as_running(self._stopped[cid], nets, keep_others=False), self._settings).records
             for cid, nets in self._early.items() if cid in self._stopped and cid not in published
         }
-        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}})
+        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}},
+                                keep=(STATIC, *filter(is_swarm_owner, self._table.snapshot.by_owner)))
         for cid in list(self._published):
             if cid not in published:
                 self._log_change(cid, self._names.get(cid, "?"), None)
