@@ -130,14 +130,14 @@ def parse_cluster(services: object, tasks: object, networks: object) -> Cluster:
     """The decoded JSON of /services, /tasks and /networks as a Cluster; bad entries are skipped with a warning."""
     warnings: list[str] = []
     nets = parse_networks(networks)
-    parsed = {s.id: s for s in (_service(item, nets, warnings) for item in _list(services)) if s is not None}
+    parsed = {s.id: s for s in (parse_service(item, nets, warnings) for item in entries(services)) if s is not None}
     return Cluster(parsed, served_tasks(tasks, nets), tuple(dict.fromkeys(warnings)))
 
 
 def parse_networks(networks: object) -> dict[str, Network]:
     """`GET /networks` -> {id: Network}."""
     found: dict[str, Network] = {}
-    for item in _list(networks):
+    for item in entries(networks):
         net_id, name = _text(item.get("Id")), _text(item.get("Name"))
         if net_id and name:
             found[net_id] = Network(net_id, name, item.get("Ingress") is True)
@@ -146,12 +146,27 @@ def parse_networks(networks: object) -> dict[str, Network]:
 
 def served_tasks(tasks: object, networks: Mapping[str, Network] | None = None) -> tuple[Task, ...]:
     """The tasks of `GET /tasks` that are served (Rule 1), sorted."""
-    found = [t for t in (_task(item, networks or {}) for item in _list(tasks)) if t is not None]
-    found.sort(key=lambda t: (t.service_id, t.slot or 0, t.node_id, t.id))
-    return tuple(found)
+    found = [t for t in (parse_task(item, networks or {}) for item in entries(tasks)) if t is not None]
+    return sort_tasks(found)
 
 
-def _service(item: Mapping[str, Any], networks: Mapping[str, Network], warnings: list[str]) -> Service | None:
+def sort_tasks(tasks: Iterable[Task]) -> tuple[Task, ...]:
+    """Tasks in a stable order: by service, slot, node and id."""
+    return tuple(sorted(tasks, key=lambda t: (t.service_id, t.slot or 0, t.node_id, t.id)))
+
+
+def version_key(item: object) -> tuple[str, int] | None:
+    """(ID, Version.Index) of a service or task: the same key means the same content; None when it has none."""
+    if not isinstance(item, Mapping):
+        return None
+    object_id, index = item.get("ID"), _map(item.get("Version")).get("Index")
+    if isinstance(object_id, str) and isinstance(index, int) and not isinstance(index, bool):
+        return object_id, index
+    return None
+
+
+def parse_service(item: Mapping[str, Any], networks: Mapping[str, Network], warnings: list[str]) -> Service | None:
+    """One entry of `GET /services`; None when it has no id or name. Problems go to `warnings`."""
     service_id = _text(item.get("ID"))
     spec = _map(item.get("Spec"))
     name = _text(spec.get("Name"))
@@ -162,7 +177,7 @@ def _service(item: Mapping[str, Any], networks: Mapping[str, Network], warnings:
     endpoint_mode = _text(_map(endpoint.get("Spec")).get("Mode")) or _text(
         _map(spec.get("EndpointSpec")).get("Mode")) or VIP
     vips: list[Address] = []
-    for vip in _list(endpoint.get("VirtualIPs")):
+    for vip in entries(endpoint.get("VirtualIPs")):
         network = networks.get(_text(vip.get("NetworkID")))
         if network is not None and network.ingress:
             continue
@@ -175,7 +190,8 @@ def _service(item: Mapping[str, Any], networks: Mapping[str, Network], warnings:
     return Service(service_id, name, str(mode), endpoint_mode.lower(), tuple(vips), stack)
 
 
-def _task(item: Mapping[str, Any], networks: Mapping[str, Network]) -> Task | None:
+def parse_task(item: Mapping[str, Any], networks: Mapping[str, Network]) -> Task | None:
+    """One entry of `GET /tasks`, when it is served (Rule 1); else None."""
     if _text(_map(item.get("Status")).get("State")) != RUNNING or _text(item.get("DesiredState")) != RUNNING:
         return None
     task_id, service_id = _text(item.get("ID")), _text(item.get("ServiceID"))
@@ -183,7 +199,7 @@ def _task(item: Mapping[str, Any], networks: Mapping[str, Network]) -> Task | No
         return None
     slot = item.get("Slot")
     addresses: list[Address] = []
-    for attachment in _list(item.get("NetworksAttachments")):
+    for attachment in entries(item.get("NetworksAttachments")):
         network = _map(attachment.get("Network"))
         spec = _map(network.get("Spec"))
         known = networks.get(_text(network.get("ID")))
@@ -321,7 +337,8 @@ def _dedupe(records: list[Record]) -> tuple[Record, ...]:
     return tuple(sorted(unique.values(), key=lambda r: (r.name, r.rtype, r.value)))
 
 
-def _list(value: object) -> list[Mapping[str, Any]]:
+def entries(value: object) -> list[Mapping[str, Any]]:
+    """The objects of a JSON list; anything else is no entries."""
     return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 

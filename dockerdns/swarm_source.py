@@ -50,7 +50,9 @@ import docker.errors
 from .docker_source import CONNECTION_ERRORS, _open, _reason
 from .records import Record
 from .settings import SWARM_OFF, Settings
-from .swarm import OWNER_PREFIX, Cluster, ServiceRecords, parse_cluster, records_for_cluster
+from .swarm import (
+    OWNER_PREFIX, Network, Service, ServiceRecords, Task, entries, owner_of, parse_cluster, parse_networks,
+    parse_service, parse_task, records_for_cluster, records_for_service, sort_tasks, version_key)
 from .table import RecordTable
 
 log = logging.getLogger("dockerdns.swarm")
@@ -105,7 +107,8 @@ def read_once(settings: Settings) -> tuple[bool, dict[str, tuple[Record, ...]]]:
     try:
         if settings.swarm.url is None and _role(client) != "manager":
             return False, {}
-        cluster, _ = _read_cluster(client)
+        cluster = parse_cluster(*(json.loads(_get_raw(client, path, filters)) for path, filters in (
+            ("/services", None), ("/tasks", TASK_FILTERS), ("/networks", NETWORK_FILTERS))))
     except NotManager as exc:
         raise SwarmUnavailable(f"swarm: {url} {exc}") from None
     except CONNECTION_ERRORS as exc:
@@ -141,7 +144,16 @@ class SwarmSource:
         self.active: bool | None = True if settings.swarm.url not in (None, SWARM_OFF) else None
 
         self._lock = threading.Lock()  # guards the state below and table writes
-        self._cluster: Cluster | None = None
+        self._networks_raw: object = None  # the last /networks
+        self._networks: dict[str, Network] = {}
+        self._services: dict[str, Service] = {}  # by id, from the last /services
+        self._tasks: tuple[Task, ...] = ()  # the served tasks of the last /tasks
+        self._tasks_raw: bytes | None = None  # the last /tasks response, byte for byte (Rule 3)
+        # Parsed entries by (ID, Version.Index), and each service's records by the inputs they were
+        # derived from: a poll that sees one task change parses one task and re-derives one service.
+        self._service_memo: dict[tuple[str, int], tuple[Service | None, tuple[str, ...]]] = {}
+        self._task_memo: dict[tuple[str, int], Task | None] = {}
+        self._derived: dict[str, tuple[tuple[Service, tuple[Task, ...]], ServiceRecords]] = {}
         self._published: dict[str, ServiceRecords] = {}  # what the table holds, by owner
         self._noted: set[object] = set()  # warnings already logged
 
@@ -152,9 +164,6 @@ class SwarmSource:
         self._stream: Any = None
         self._stream_ended: str | None = None  # why the event stream ended
         self._in_sync = False
-        self._services_raw: object = None  # the last /services, /networks
-        self._networks_raw: object = None
-        self._tasks_raw: bytes | None = None  # the last /tasks response, byte for byte
 
     # -- public -----------------------------------------------------------
 
@@ -190,8 +199,9 @@ class SwarmSource:
         """Re-derive every service's records with `settings` from the last read (no manager call)."""
         with self._lock:
             self._settings = settings
-            if self._cluster is not None:
-                self._publish(self._cluster)
+            self._derived = {}
+            if self.last_sync is not None:
+                self._publish()
 
     # -- the source thread ------------------------------------------------
 
@@ -233,7 +243,7 @@ class SwarmSource:
                     delay = BACKOFF_FIRST
             if warned:
                 log.debug("swarm: %s still unreadable (%s); next attempt in %.2f s", url, reason, delay)
-            elif self._cluster is not None:
+            elif self.last_sync is not None:
                 log.warning("swarm: lost the manager at %s (%s); serving the last known Swarm names, retrying",
                             url, reason)
                 warned = True
@@ -293,22 +303,27 @@ class SwarmSource:
             self._wake.set()
 
     def _read_all(self, client: Any) -> None:
-        """Read services, networks, nodes and tasks whole; publish (Rule 2)."""
+        """Read services, networks and tasks whole; publish (Rule 2)."""
         started = time.perf_counter()
-        cluster, raw = _read_cluster(client)
-        self._services_raw, self._networks_raw, self._tasks_raw = raw
+        services = json.loads(_get_raw(client, "/services"))
+        networks = json.loads(_get_raw(client, "/networks", NETWORK_FILTERS))
+        tasks_raw = _get_raw(client, "/tasks", TASK_FILTERS)
         with self._lock:
-            self._cluster = cluster
-            self._publish(cluster)
+            if networks != self._networks_raw:  # network names and ingress flags go into parsed entries
+                self._networks_raw, self._networks = networks, parse_networks(networks)
+                self._service_memo, self._task_memo = {}, {}
+            self._services = self._parse_services(services)
+            self._tasks_raw = tasks_raw
+            self._tasks = self._parse_tasks(json.loads(tasks_raw))
+            self._publish()
         self.polls += 1
         first = not self._in_sync
         self.last_sync = self._clock()
         self._in_sync = True
         if first:
-            nodes = _nodes(client)
             log.info("swarm: connected to the manager at %s: %d nodes, %d services, %d running tasks "
-                     "(read in %.0f ms)", swarm_url(self._settings), nodes, len(cluster.services),
-                     len(cluster.tasks), (time.perf_counter() - started) * 1000)
+                     "(read in %.0f ms)", swarm_url(self._settings), _nodes(client), len(self._services),
+                     len(self._tasks), (time.perf_counter() - started) * 1000)
 
     def _poll(self, client: Any) -> None:
         """Read the running tasks; publish only when the response changed (Rule 3)."""
@@ -318,25 +333,70 @@ class SwarmSource:
         with self._lock:
             if raw != self._tasks_raw:
                 self._tasks_raw = raw
-                cluster = parse_cluster(self._services_raw, json.loads(raw), self._networks_raw)
-                if any(task.service_id not in cluster.services for task in cluster.tasks):
+                self._tasks = self._parse_tasks(json.loads(raw))
+                if any(task.service_id not in self._services for task in self._tasks):
                     self._wake.set()  # a service created since the last whole read: read again at once
-                self._cluster = cluster
-                self._publish(cluster)
+                self._publish()
             self._heal()
 
     # -- state, under self._lock ------------------------------------------
 
-    def _publish(self, cluster: Cluster) -> None:
-        """Make the table hold what `cluster` publishes: changed services replaced, gone ones removed (Rule 6)."""
-        new = records_for_cluster(cluster, self._settings)
+    def _parse_services(self, items: object) -> dict[str, Service]:
+        memo: dict[tuple[str, int], tuple[Service | None, tuple[str, ...]]] = {}
+        services: dict[str, Service] = {}
+        for item in entries(items):
+            key = version_key(item)
+            parsed = self._service_memo.get(key) if key is not None else None
+            if parsed is None:
+                warnings: list[str] = []
+                parsed = (parse_service(item, self._networks, warnings), tuple(warnings))
+                for warning in warnings:
+                    self._note(warning, f"skipped: {warning}")
+            if key is not None:
+                memo[key] = parsed
+            if parsed[0] is not None:
+                services[parsed[0].id] = parsed[0]
+        self._service_memo = memo
+        return services
+
+    def _parse_tasks(self, items: object) -> tuple[Task, ...]:
+        memo: dict[tuple[str, int], Task | None] = {}
+        tasks: list[Task] = []
+        for item in entries(items):
+            key = version_key(item)
+            if key is not None and key in self._task_memo:
+                task = self._task_memo[key]
+            else:
+                task = parse_task(item, self._networks)
+            if key is not None:
+                memo[key] = task
+            if task is not None:
+                tasks.append(task)
+        self._task_memo = memo
+        return sort_tasks(tasks)
+
+    def _publish(self) -> None:
+        """Make the table hold what the Swarm publishes: changed services replaced, gone ones removed (Rule 6)."""
+        by_service: dict[str, list[Task]] = {}
+        for task in self._tasks:
+            by_service.setdefault(task.service_id, []).append(task)
+        derived: dict[str, tuple[tuple[Service, tuple[Task, ...]], ServiceRecords]] = {}
+        for service_id, service in self._services.items():
+            inputs = (service, tuple(by_service.get(service_id, ())))
+            cached = self._derived.get(service_id)
+            if cached is not None and cached[0] == inputs:
+                derived[service_id] = cached
+            else:
+                derived[service_id] = (inputs, records_for_service(service, inputs[1], self._settings))
+        self._derived = derived
+        new = {owner_of(sid): p for sid, (_, p) in derived.items() if p.records or p.warnings}
         for owner in [o for o in self._published if o not in new]:
             self._table.remove(owner)
             log.info("removed: %s %s", owner[len(OWNER_PREFIX):][:SHORT_ID], self._published[owner].name)
             del self._published[owner]
         for owner, published in new.items():
             old = self._published.get(owner)
-            if old is not None and old.records == published.records:
+            if old is published or (old is not None and old.records == published.records):
                 continue
             self._table.replace(owner, published.records)
             self._published[owner] = published
@@ -346,13 +406,13 @@ class SwarmSource:
             elif published.records:
                 log.info("updated: %s %s (%d records)", short, published.name, len(published.records))
             for warning in published.warnings:
-                if (owner, warning) not in self._noted:
-                    self._noted.add((owner, warning))
-                    log.warning("skipped: service %s: %s", published.name, warning)
-        for warning in cluster.warnings:
-            if warning not in self._noted:
-                self._noted.add(warning)
-                log.warning("skipped: %s", warning)
+                self._note((owner, warning), f"skipped: service {published.name}: {warning}")
+
+    def _note(self, key: object, line: str) -> None:
+        """Log a warning once."""
+        if key not in self._noted:
+            self._noted.add(key)
+            log.warning("%s", line)
 
     def _heal(self) -> None:
         """Put back records that a concurrent re-sync of the docker source dropped (Rule 6)."""
@@ -411,14 +471,6 @@ def _get_raw(client: Any, path: str, filters: str | None = None) -> bytes:
     client._raise_for_status(response)
     body: bytes = response.content
     return body
-
-
-def _read_cluster(client: Any) -> tuple[Cluster, tuple[object, object, bytes]]:
-    """Services, networks and running tasks, parsed; and their raw forms, for the polls."""
-    services = json.loads(_get_raw(client, "/services"))
-    networks = json.loads(_get_raw(client, "/networks", NETWORK_FILTERS))
-    tasks_raw = _get_raw(client, "/tasks", TASK_FILTERS)
-    return parse_cluster(services, json.loads(tasks_raw), networks), (services, networks, tasks_raw)
 
 
 def _nodes(client: Any) -> int:

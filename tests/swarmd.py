@@ -251,17 +251,19 @@ def wait_answers(node: Node, timeout: float = START_TIMEOUT) -> None:
 
 
 def wait_ready(swarm: Swarm, timeout: float = JOIN_TIMEOUT) -> None:
-    """Wait until the manager sees every node Ready."""
+    """Wait until the manager sees every node Ready and answers /services and /tasks."""
     client = swarm.manager.client()
     try:
         def ready() -> bool:
             try:
                 nodes = client.nodes()
-            except Exception:  # the manager is still starting
+                client.services()
+                client.tasks()
+            except Exception:  # the manager is still starting (503: not a manager yet)
                 return False
             return len(nodes) == len(swarm.nodes) and all(n["Status"]["State"] == "ready" for n in nodes)
 
-        _wait(ready, timeout, "every node to be Ready", log=swarm.manager.log)
+        _wait(ready, timeout, "every node to be Ready and the manager to answer", log=swarm.manager.log)
     finally:
         client.close()
 
