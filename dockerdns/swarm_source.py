@@ -139,6 +139,7 @@ class SwarmSource:
         self._clock = clock
         self.last_sync: float | None = None
         self.polls = 0  # task reads, for tests and /metrics
+        self.attempts = 0  # connections tried
         #: True while Swarm names are served (or kept); False when the engine is no manager
         #: (auto mode); None: not known yet.
         self.active: bool | None = True if settings.swarm.url not in (None, SWARM_OFF) else None
@@ -216,6 +217,7 @@ class SwarmSource:
             auto = settings.swarm.url is None
             started = time.monotonic()
             synced_before = self.last_sync
+            self.attempts += 1
             try:
                 self._session(url, auto)
                 reason = self._stream_ended or "stopped"

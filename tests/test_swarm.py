@@ -11,18 +11,22 @@ that a task's container is left to the Swarm rules.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from dockerdns import config
+from dockerdns.app import App
 from dockerdns.naming import records_for_container
 from dockerdns.records import Record
-from dockerdns.settings import SWARM_OFF, Settings, SwarmSettings
+from dockerdns.settings import SWARM_OFF, Address, ForwardSettings, Settings, SwarmSettings
 from dockerdns.swarm import (
     OWNER_PREFIX, Cluster, ServiceRecords, is_swarm_owner, parse_cluster, records_for_cluster, records_for_service,
     served_tasks)
@@ -388,3 +392,40 @@ def test_swarm_rules_are_pure() -> None:
                                 cwd=Path(__file__).parent.parent).stdout.split())
     assert "dockerdns.swarm" in loaded
     assert not loaded & {"socket", "threading", "time", "docker", "yaml", "logging", "requests"}
+
+
+# --- the source, without a manager ---------------------------------------------------------
+
+
+def _app(url: str) -> App:
+    return App(Settings(listen=(Address("127.0.0.1", 0),), forward=ForwardSettings(False, ()),
+                        swarm=SwarmSettings(url=url)), docker=True)
+
+
+def test_unreachable_manager_warns_once(caplog: pytest.LogCaptureFixture, wait_for: Callable[..., Any]) -> None:
+    """A manager that cannot be reached is one warning however often it is retried; health says so."""
+    caplog.set_level(logging.DEBUG, logger="dockerdns.swarm")
+    app = _app("unix:///nonexistent/manager.sock")
+    app.start()
+    try:
+        wait_for(lambda: app.swarm.attempts >= 4, timeout=5, what="four attempts")
+        assert app.health()[1]["swarm"] == "not in sync"
+    finally:
+        app.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dockerdns.swarm" and r.levelno >= logging.WARNING]
+    assert warnings == ["swarm: cannot read the manager at unix:///nonexistent/manager.sock "
+                        "(No such file or directory); retrying"]
+
+
+def test_reload_turns_swarm_names_off() -> None:
+    """A reload with swarm.url off stops the Swarm source; the docker source then publishes task containers."""
+    app = _app("unix:///nonexistent/manager.sock")
+    app.start()
+    try:
+        assert app.swarm is not None
+        app.reload(replace(app.settings, swarm=SwarmSettings(url=SWARM_OFF)))
+        assert app.swarm is None
+        assert app.health()[1]["swarm"] == "off"
+        assert not app.source._settings.swarm.enabled  # task containers are the docker source's again
+    finally:
+        app.stop()
