@@ -296,6 +296,13 @@ class SwarmSource:
         try:
             for _ in stream:
                 self._wake.set()
+        except docker.errors.APIError as exc:
+            if exc.status_code in (403, 404) and not self._stopping.is_set():
+                # A socket proxy that forbids /events: the polls alone keep the names current.
+                self._note("no-events", f"swarm: no events from {swarm_url(self._settings)} "
+                                        f"({_reason(exc)}); changes are seen by the polls only")
+                return
+            reason = f"the event stream failed: {_reason(exc)}"
         except CONNECTION_ERRORS as exc:
             reason = f"the event stream failed: {_reason(exc)}"
         except Exception as exc:  # a closed stream fails in many ways; it has ended either way
