@@ -7,13 +7,18 @@ Rule 1: which engine: `swarm.url` when set; else the `docker.url` engine,
         `docker swarm init` or promotion is picked up.
 Rule 2: subscribe, then list. The manager's event stream (`service` and
         `node` events: tasks on other nodes send it none) is opened first;
-        then services, networks, nodes and running tasks are read whole and
-        published. An event only says "re-read everything".
+        then services, networks and running tasks are read whole and
+        published (and, once per connection, the nodes, for the log). An
+        event only says "re-read everything". A proxy that forbids /events
+        leaves the polls to do the work.
 Rule 3: every `swarm.poll` seconds the running tasks are read again
         (`GET /tasks?filters={"desired-state":["running"]}`). The raw
         response is compared with the last one first, so an unchanged Swarm
-        costs one HTTP request and a byte comparison, no JSON decoding. A
-        task of a service not known yet makes the next read a whole one.
+        costs one HTTP request and a byte comparison, no JSON decoding.
+        Otherwise each entry is parsed once per (ID, Version.Index) and a
+        service's records are derived again only when its entry or its
+        tasks changed. A task of a service not known yet makes the next
+        read a whole one.
 Rule 4: read-only: GET requests only (/version, /info in auto mode,
         /events, /services, /tasks, /nodes, /networks).
 Rule 5: the manager going away, restarting or being demoted is not an error
@@ -116,6 +121,8 @@ def read_once(settings: Settings) -> tuple[bool, dict[str, tuple[Record, ...]]]:
     finally:
         client.close()
     published = records_for_cluster(cluster, settings)
+    for warning in cluster.warnings:
+        log.warning("skipped: %s", warning)
     for service in published.values():
         for warning in service.warnings:
             log.warning("skipped: service %s: %s", service.name, warning)
