@@ -1,12 +1,13 @@
 """Wires Settings into the parts: bind, start, reload, stop.
 
-Data flows one way: the docker source and the static records fill the
-table; the responder reads it; the servers carry bytes. Nothing here
-answers queries or talks DNS.
+Data flows one way: the docker source, the Swarm source and the static
+records fill the table; the responder reads it; the servers carry bytes.
+Nothing here answers queries or talks DNS.
 
 Thread-safety: `start`, `reload` and `stop` are called from one thread (the
 main one); `_on_gateway` comes from the docker source's thread and takes
-the lock that guards the server list.
+the lock that guards the server list; `_on_swarm_active` comes from the
+Swarm source's thread and only hands the docker source new settings.
 """
 
 from __future__ import annotations
