@@ -61,7 +61,8 @@ import urllib3.exceptions
 
 from .settings import Settings
 from .naming import LABEL_IGNORE, Published, netns_owner_id, records_for_container
-from .records import Record
+from .records import SERVER, STATIC, Record
+from .swarm import is_swarm_owner
 from .table import RecordTable
 
 log = logging.getLogger("dockerdns.docker")
@@ -423,7 +424,9 @@ class DockerSource:
             cid: records_for_container(_as_running(self._stopped[cid], nets, keep_others=False), self._settings).records
             for cid, nets in self._early.items() if cid in self._stopped and cid not in published
         }
-        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}})
+        # Containers only: static records, dockerdns's own and the Swarm source's stay.
+        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}},
+                                keep=lambda owner: owner in (STATIC, SERVER) or is_swarm_owner(owner))
         for cid in list(self._published):
             if cid not in published:
                 self._log_change(cid, self._names.get(cid, "?"), None)

@@ -5,7 +5,8 @@ DESIGN.md, "Names served", is the contract; the rules, in the order applied:
 Rule 1: only a running container publishes. A paused one is running (it comes
         back with the same address) and keeps its names; a restarting one is
         not (its sandbox is torn down between attempts). `dockerdns.ignore`
-        set to true/yes/1/on also makes it publish nothing.
+        set to true/yes/1/on also makes it publish nothing; so does a Swarm
+        task's container while Swarm names are on (swarm.py names it).
 Rule 2: addresses come from NetworkSettings.Networks: IPAddress -> A,
         GlobalIPv6Address -> AAAA, each tagged with its network's name and
         subnet. `--network container:<other>` has none of its own: it is
@@ -61,6 +62,8 @@ LABEL_IGNORE = "dockerdns.ignore"
 LABEL_TTL = "dockerdns.ttl"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_PROJECT = "com.docker.compose.project"
+#: On the containers of Swarm tasks; while Swarm names are on, swarm.py names them (DESIGN.md, "Docker Swarm").
+SWARM_TASK = "com.docker.swarm.task.id"
 
 #: Names taken from `dockerdns.aliases`, and from each network's aliases.
 MAX_ALIASES = 64
@@ -107,6 +110,8 @@ def records_for_container(
     labels = _labels(inspect)
     if _ignored(labels, warnings):
         return Published((), ignored=True)
+    if settings.swarm.enabled and SWARM_TASK in labels:
+        return Published(())
 
     in_netns = netns_owner_id(inspect) is not None
     if in_netns:
