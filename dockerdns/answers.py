@@ -42,6 +42,8 @@ call `answer` at once.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import itertools
 import struct
 from collections.abc import Callable, Iterable
@@ -86,15 +88,15 @@ class Ready:
     def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
                  chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
         self.flags = flags  # QR, AA and the rcode; RD and RA are added per query
-        self.counts = struct.pack("!HHHH", 1, an, ns, ar)
-        self.counts_opt = struct.pack("!HHHH", 1, an, ns, ar + 1)
+        self.counts = _counts(an, ns, ar)
+        self.counts_opt = _counts(an, ns, ar + 1)
         self.bodies = bodies  # one per rotation (Rule 4); empty when `chunks` are joined instead
         self.chunks = chunks  # the rotating records, for RRsets longer than PREBUILT_ROTATIONS
         self.head, self.tail = head, tail  # what comes before and after the chunks
         self.size = len(bodies[0]) if bodies else len(head) + sum(map(len, chunks)) + len(tail)
-        self.turns = itertools.count()
+        self.turns = itertools.count() if len(bodies) != 1 else None  # only what rotates needs a counter
         self.networks: frozenset[str] = frozenset()  # non-empty: source-aware (Rule 5)
-        self.variants: dict[frozenset[str], Ready] = {}
+        self.variants: dict[frozenset[str], Ready] | None = None
         self.found: Resolution | None = None  # what it was built from, for source-aware variants
         self.short: Ready | None = None  # the same without its additional records (RFC 2181 section 9)
         self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
@@ -103,11 +105,18 @@ class Ready:
         bodies = self.bodies
         if len(bodies) == 1:
             return bodies[0]
+        turn = next(self.turns)  # type: ignore[arg-type]  # set whenever there is more than one body
         if bodies:
-            return bodies[next(self.turns) % len(bodies)]
+            return bodies[turn % len(bodies)]
         chunks = self.chunks
-        k = next(self.turns) % len(chunks)
+        k = turn % len(chunks)
         return b"".join((self.head, *chunks[k:], *chunks[:k], self.tail))
+
+
+@functools.lru_cache(maxsize=1024)
+def _counts(an: int, ns: int, ar: int) -> bytes:
+    """QDCOUNT 1 and the other counts on the wire; shared, as most answers have the same few."""
+    return struct.pack("!HHHH", 1, an, ns, ar)
 
 
 class Entry:
@@ -183,17 +192,29 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
     authority = [soa_rr(snapshot)] if found.soa and snapshot is not None else []
     later_soa = found.soa and snapshot is None
     flags = QR | (AA if found.authoritative else 0) | found.rcode
-    question = DNSQuestion(name, qtype)
     glue = [rec for step in found.additional
             for rec in (_near(step.records, near) if near is not None and step.rotates else step.records)]
     additional = [RR(rec.name, getattr(QTYPE, rec.rtype), ttl=rec.ttl, rdata=rdata(rec.rtype, rec.value))
                   for rec in glue]
     rotating = next((i for i, step in enumerate(found.answer) if step.rotates), -1)
     counts = (len(authority) + later_soa, len(additional))
-    if rotating < 0:
+    if len(found.answer) == 1 and not authority and not additional and found.answer[0].rtype in ADDRESSES:
+        # The commonest answer, packed without dnslib (which takes ~50 µs a message): each record is
+        # the pointer to the question, type, class, TTL and address (wire.py Rule 3), as dnslib packs it.
+        step = found.answer[0]
+        rows = list(step.records) if near is None or rotating < 0 else _near(step.records, near)
+        chunks = tuple(_address_rr(rec) for rec in rows)
+        if len(chunks) <= PREBUILT_ROTATIONS:
+            built = Ready(flags, len(rows), *counts,
+                          tuple(b"".join(chunks[k:] + chunks[:k]) for k in range(len(chunks))) or (b"",))
+        else:
+            built = Ready(flags, len(rows), *counts, (), chunks)
+    elif rotating < 0:
+        question = DNSQuestion(name, qtype)
         body, _ = _pack_steps(question, found, -1, [], authority, additional)
         built = Ready(flags, len(_records(found)), *counts, (body,))
     else:
+        question = DNSQuestion(name, qtype)
         records = found.answer[rotating].records
         rows = list(records) if near is None else _near(records, near)
         count = len(_records(found)) - len(records) + len(rows)
@@ -216,6 +237,16 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
         built.networks = frozenset(net for net in spanned if net is not None)
         built.found = found
     return built
+
+
+ADDRESSES = {"A": (1, 4), "AAAA": (28, 16)}  # type code, address length
+
+
+def _address_rr(rec: Record) -> bytes:
+    """An A or AAAA record owned by the question's name, on the wire."""
+    code, size = ADDRESSES[rec.rtype]
+    packed = bytes(map(int, rec.value.split("."))) if code == 1 else ipaddress.ip_address(rec.value).packed
+    return b"\xc0\x0c" + struct.pack("!HHIH", code, 1, rec.ttl, size) + packed
 
 
 def _near(records: Iterable[Record], near: frozenset[str]) -> list[Record]:
@@ -259,13 +290,13 @@ def _pack_records(answer: list[RR], authority: list[RR], question: DNSQuestion |
 
 def variant(base: Ready, near: frozenset[str]) -> Ready:
     """`base` for a client whose networks among the RRset's are `near`, built on first use (Rule 5)."""
-    found = base.variants.get(near)
+    found = base.variants.get(near) if base.variants is not None else None
     if found is None:
         assert base.found is not None
         built = ready(base.found.answer[0].owner, QTYPE.A, base.found, near)
         assert built is not None
         variants = base.variants
-        if len(variants) >= MAX_VARIANTS:
+        if variants is None or len(variants) >= MAX_VARIANTS:
             variants = base.variants = {}  # replaced whole: readers in other threads keep theirs
         variants[near] = found = built
     return found

@@ -12,6 +12,7 @@ Swarm source's thread and only hands the docker source new settings.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -39,6 +40,7 @@ from .table import SERVER, RecordTable
 
 log = logging.getLogger("dockerdns")
 
+FREEZE_RECORDS = 10_000  # static records from which the loaded state is frozen for the collector
 PORT_ATTEMPTS = 20  # tries at one free port for UDP and TCP alike, when asked for port 0
 
 
@@ -114,6 +116,12 @@ class App:
 
     def start(self) -> None:
         """Bind every listen address (UDP and TCP), then start serving; StartError if any fails."""
+        if self.table.snapshot.record_count >= FREEZE_RECORDS:
+            # What is loaded by now (the config, its static records and their ready answers)
+            # lives as long as the process: out of the cyclic collector's sight, a large table
+            # costs no full-collection pauses later, while queries wait on the GIL.
+            gc.collect()
+            gc.freeze()
         try:
             for address in self.settings.listen:
                 if address.host != BRIDGE:
