@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 import tracemalloc
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 from pathlib import Path
@@ -449,6 +451,46 @@ def test_tcp_accept_survives_thread_start_failures(monkeypatch: pytest.MonkeyPat
         app.stop()
 
 
+def test_out_of_file_descriptors_backs_off_and_recovers(wait_for: Callable[..., Any]) -> None:
+    """Under a low fd limit a flood of HTTP connections makes accept() fail with EMFILE: the server backs off instead
+    of spinning, says so once, and answers /healthz and DNS over TCP again once the flood is gone."""
+    server = ServerProcess("--http", "127.0.0.1:0", "--no-forward", wrap=("prlimit", "--nofile=40:40", "--"))
+    clients: list[socket.socket] = []
+    try:
+        http_line = wait_for(lambda: next((line for line in server.lines if "HTTP status on" in line), None))
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", http_line)
+        assert found is not None
+        http_addr = ("127.0.0.1", int(found.group(1)))
+        for _ in range(80):
+            clients.append(socket.create_connection(http_addr, timeout=5))
+        wait_for(lambda: any("out of resources" in line for line in server.lines), timeout=5, what="EMFILE")
+        before = server.cpu()
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started >= 2.0, interval=0.1, what="a two-second window")
+        assert server.cpu() - before < 0.5, "the accept loop spins on EMFILE"
+        for sock in clients:
+            sock.close()
+
+        def healthy() -> bool:
+            """/healthz answers (503 here: Docker is unreachable, which is what it should say)."""
+            try:
+                with urllib.request.urlopen(f"http://{http_addr[0]}:{http_addr[1]}/healthz", timeout=1) as resp:
+                    return bool(resp.status)
+            except urllib.error.HTTPError as err:
+                return err.code == 503
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=10, interval=0.1, what="/healthz after the flood")
+        assert values(tcp(server.addr, "nohost.docker", timeout=3)) == []
+        assert len([line for line in server.lines if "out of resources" in line]) <= 2  # sparse: once per 10 s
+        assert not [line for line in server.lines if "Traceback" in line]
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
+
+
 # --- Fuzzing ---------------------------------------------------------------------
 
 NAMES = ["gateway.docker", "absent.docker", "docker", "info.docker", "gateway", "www.example.org", "nohost",
@@ -569,10 +611,10 @@ _RESPONDER = Responder(_TABLE, policy_of(make_settings()), None)
 class ServerProcess:
     """`python -m dockerdns` on a free loopback port, for measurements of its own memory."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, wrap: tuple[str, ...] = ()):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERDNS_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dockerdns", "--listen", "127.0.0.1:0", "--docker-url",
+            [*wrap, sys.executable, "-m", "dockerdns", "--listen", "127.0.0.1:0", "--docker-url",
              "unix:///nonexistent/docker.sock", *args],
             stderr=subprocess.PIPE, text=True, env={**environ, "DOCKERDNS_CONFIG": ""},
         )
@@ -604,6 +646,12 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+    def cpu(self) -> float:
+        """CPU seconds used so far (user and system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.kill()
