@@ -17,6 +17,7 @@ import queue
 import random
 import re
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -43,11 +44,12 @@ from hypothesis import strategies as st
 from dockerdns import wire
 from dockerdns.app import App, policy_of
 from dockerdns.config import DEFAULT_ALLOW, DEFAULT_LISTEN, Address, ForwardSettings, RateLimitSettings, Settings
-from dockerdns.forwarder import Forwarder
+from dockerdns.forwarder import MAX_IN_FLIGHT, Forwarder
 from dockerdns.records import Record
 from dockerdns.resolver import client_allowed
 from dockerdns.responder import Responder
 from dockerdns.servers import MAX_TCP_CONNECTIONS, TCP_RESERVED, TcpServer, UdpServer, bind
+from dockerdns.status import MAX_HTTP_CONNECTIONS
 from dockerdns.table import RecordTable
 from tests.dnsstub import StubUpstream
 
@@ -489,6 +491,43 @@ def test_out_of_file_descriptors_backs_off_and_recovers(wait_for: Callable[..., 
         for sock in clients:
             sock.close()
         server.stop()
+
+
+def test_sighup_on_a_fifo_config_never_blocks_sigterm(tmp_path: Path, wait_for: Callable[..., Any]) -> None:
+    """SIGHUP while the config path is a FIFO: queries are answered, a writer's config is applied when it comes, and
+    SIGTERM ends the server with exit 0 within 2 s while a read is still blocked."""
+    config = tmp_path / "dockerdns.yaml"
+    config.write_text("records:\n  - {name: first, type: A, value: 10.0.0.1}\n")
+    server = ServerProcess("-c", str(config), "--no-forward")
+    try:
+        assert values(udp(server.addr, "first.docker")) == ["10.0.0.1"]
+        config.unlink()
+        os.mkfifo(config)
+        server.proc.send_signal(signal.SIGHUP)  # the read blocks until someone writes
+        assert values(udp(server.addr, "first.docker")) == ["10.0.0.1"]
+        with open(config, "w") as fifo:  # the reload thread is the reader at the other end
+            fifo.write("records:\n  - {name: second, type: A, value: 10.0.0.2}\n")
+        wait_for(lambda: values(udp(server.addr, "second.docker")) == ["10.0.0.2"], timeout=5, what="the reload")
+        server.proc.send_signal(signal.SIGHUP)  # blocks again, for good this time
+        server.proc.send_signal(signal.SIGHUP)  # folds into the one under way
+        assert values(udp(server.addr, "second.docker")) == ["10.0.0.2"]
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 2.0
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_systemd_unit_limits_cover_the_caps() -> None:
+    """conf/dockerdns.service sets LimitNOFILE and TasksMax above what dockerdns holds at its own caps."""
+    unit = dict(line.split("=", 1) for line in (Path(__file__).parent.parent / "conf" / "dockerdns.service")
+                .read_text().splitlines() if "=" in line and not line.startswith("#"))
+    # Two TCP listeners (loopback and the bridge) at their cap, HTTP at its cap, forwarding at its cap.
+    peak = 2 * MAX_TCP_CONNECTIONS + MAX_HTTP_CONNECTIONS + MAX_IN_FLIGHT
+    assert int(unit["LimitNOFILE"]) >= 4 * peak
+    assert 2 * peak <= int(unit["TasksMax"]) <= 4096
 
 
 # --- Fuzzing ---------------------------------------------------------------------
