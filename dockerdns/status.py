@@ -21,8 +21,8 @@ Rule 4: only a Host that names this listener is answered: an IP address
         hostname. A DNS-rebinding page reaches us under a name the attacker
         registered, which has a dot; it gets 421 and never reads /records.
         A request without Host (HTTP/1.0) comes from no browser: answered.
-Rule 5: a client that resets or stalls costs a log line at debug level
-        (an unexpected error: one sparse line at error level), never a
+Rule 5: clients that reset or stall cost a sparse log line at debug level
+        (an unexpected error: a sparse line at error level), never a
         traceback on stderr; the Server header names no Python version.
 
 Thread-safety: requests are served on pool threads and only read; `stop`
@@ -237,6 +237,7 @@ class StatusServer:
         self._pool = DaemonPool(max_connections, f"http {self.address}")
         self._stopping = threading.Event()
         self._failed = Sparse(log, f"http {self.address}: answering failed", level=logging.ERROR)
+        self._dropped = Sparse(log, f"http {self.address}: clients went away (reset, timed out)", level=logging.DEBUG)
         accept = (self._sock, self._take, self._stopping, f"http {self.address}")
         self._thread = threading.Thread(target=accept_forever, args=accept, name=f"http {self.address}", daemon=True)
 
@@ -268,8 +269,8 @@ class StatusServer:
     def _serve(self, conn: socket.socket, client: str) -> None:
         try:
             self._handler(conn, (client, 0), self)
-        except OSError as err:  # reset, broken pipe, timed out: the client's doing (Rule 5)
-            log.debug("http %s: %s", client, err)
+        except OSError:  # reset, broken pipe, timed out: the client's doing (Rule 5)
+            self._dropped()
         except Exception:
             self._failed(exc_info=True)
         finally:

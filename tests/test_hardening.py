@@ -72,9 +72,9 @@ def make_settings(**kw: object) -> Settings:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[tuple[App, tuple[str, int]]]:
-    """A started App without Docker; yields it and its (loopback) address."""
-    app = App(settings, docker=False)
+def running(settings: Settings, docker: bool = False) -> Iterator[tuple[App, tuple[str, int]]]:
+    """A started App (without Docker unless asked); yields it and its (loopback) address."""
+    app = App(settings, docker=docker)
     app.start()
     try:
         address = app.addresses()[0]
@@ -528,6 +528,21 @@ def test_systemd_unit_limits_cover_the_caps() -> None:
     peak = 2 * MAX_TCP_CONNECTIONS + MAX_HTTP_CONNECTIONS + MAX_IN_FLIGHT
     assert int(unit["LimitNOFILE"]) >= 4 * peak
     assert 2 * peak <= int(unit["TasksMax"]) <= 4096
+
+
+@pytest.mark.docker
+def test_huge_ttl_label_does_not_stop_other_containers(make_container: Callable[..., Any], docker_client: Any,
+                                                       wait_for: Callable[..., Any]) -> None:
+    """A container labelled dockerdns.ttl=<4301 digits> on the real engine: a container started after it is answered
+    over DNS, and so is it, with the default ttl."""
+    bad = make_container("bigttl", labels={"dockerdns.ttl": "9" * 4301})
+    with running(make_settings(forward=ForwardSettings(False, ())), docker=True) as (app, addr):
+        wait_for(lambda: app.source.in_sync, what="the first sync")
+        good = make_container("after")
+        wait_for(lambda: values(udp(addr, f"{good.name}.docker")), what="the container started after")
+        answer = udp(addr, f"{bad.name}.docker")
+        assert answer.rcode() == dns.rcode.NOERROR and [rrset.ttl for rrset in answer.answer] == [Settings().ttl]
+        assert app.source.in_sync
 
 
 # --- Fuzzing ---------------------------------------------------------------------
