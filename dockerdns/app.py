@@ -314,11 +314,68 @@ class App:
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
+class _Reloader:
+    """Reads the config on its own thread when asked (SIGHUP), and applies it.
+
+    The signal loop only asks: a config path that blocks (a FIFO, a hung
+    network file system) holds up this thread and nothing else, so SIGTERM
+    is always taken. SIGHUPs that come while a read is under way fold into
+    one more read after it. Once stopped, a read that finally returns is
+    dropped, never applied to a stopped App.
+    """
+
+    def __init__(self, app: App, load: Callable[[], Settings]):
+        self._app = app
+        self._load = load
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()  # app.reload against app.stop
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="dockerdns-reload", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """Stop; returns at once, whatever a read is doing (the thread is a daemon)."""
+        with self._lock:
+            self._stopped = True
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopped:
+                return
+            try:
+                settings = self._load()
+            except ConfigError as err:
+                for problem in err.problems:
+                    log.error("reload: %s", problem)
+                log.error("reload: kept the previous settings")
+                continue
+            except Exception as err:  # whatever reading the file did: the server keeps running
+                log.error("reload: cannot load the settings (%s: %s); kept the previous settings",
+                          type(err).__name__, err)
+                continue
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    self._app.reload(settings)
+                except Exception:  # a bug; the server keeps running on what it has
+                    log.exception("reload: failed; the server goes on with what it had")
+
+
 def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; `load` reads the config again on SIGHUP.
 
     `settings` are the ones already loaded, if any. Returns 0 on a clean
-    stop; raises StartError when a socket cannot be bound.
+    stop; raises StartError when a socket cannot be bound. The config is
+    read again on a thread of its own (_Reloader), never on this one.
     """
     if settings is None:
         settings = load()
@@ -327,19 +384,17 @@ def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGHUP})
     app = App(settings)
     app.start()
+    reloader = _Reloader(app, load)
+    reloader.start()
     try:
         while True:
             signum = signal.sigwait(STOP_SIGNALS | {signal.SIGHUP})
             if signum in STOP_SIGNALS:
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 break
-            try:
-                app.reload(load())
-            except ConfigError as err:
-                for problem in err.problems:
-                    log.error("reload: %s", problem)
-                log.error("reload: kept the previous settings")
+            reloader.request()
     finally:
+        reloader.stop()
         app.stop()
     return 0
 
