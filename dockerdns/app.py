@@ -160,8 +160,14 @@ class App:
                 if attempt == attempts:
                     raise
                 continue
-            return [UdpServer(udp, self.responder, rate_limit=self.rate_limit), TcpServer(tcp, self.responder)]
+            # Reserved TCP slots go to clients the table knows: running containers (servers.py Rule 2).
+            known = self._known_client
+            return [UdpServer(udp, self.responder, rate_limit=self.rate_limit),
+                    TcpServer(tcp, self.responder, known=known)]
         raise AssertionError("not reached: the last attempt raises")
+
+    def _known_client(self, client: str) -> bool:
+        return client in self.table.snapshot.hosts
 
     def _bind_status(self, address: Address) -> StatusServer:
         view = View(

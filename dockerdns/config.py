@@ -679,10 +679,10 @@ def _record_name(domain: str) -> _Parse[str]:
     def parse(value: object, where: _Where) -> str:
         if isinstance(value, str):
             try:
-                return absolute(value, domain)
+                return absolute(value, domain, wildcard=True)  # `*.dev`: a wildcard (RFC 4592)
             except InvalidName:
                 pass
-        raise where.invalid("a DNS name", value)
+        raise where.invalid("a DNS name (`*` only as the whole first label)", value)
 
     return parse
 

@@ -50,6 +50,17 @@ Rule 9: no value in the inspect data can raise out of this module. Every
         compared and lower-cased as ASCII only (records.fold), so that no
         Unicode case mapping turns one name into another.
 
+Rule 10: every port a container exposes or publishes (its own port, never
+        the host's) and every `dockerdns.srv=NAME:PORT[/PROTO]` item gives
+        `_<port or NAME>._<proto>.<n>.<zone> SRV 0 0 <port> <primary>.<zone>.`
+        for each `n` among the primary name, the network aliases, the
+        compose `<service>.<project>` and the relative label aliases
+        (DESIGN.md, "Ports (SRV)"); a bad item is skipped with one warning.
+Rule 11: every record carries the container's health: State.Health.Status
+        (healthy, unhealthy, starting), or "none" without a check or with
+        `dockerdns.health=ignore`; another value of that label is skipped
+        with one warning. The table applies the rule for shared names.
+
 The inspect accessors below (state, labels, container_name, network_mode,
 netns_owner_id, bridge_gateway) are the only readers of those fields; the
 docker source uses them too, so that both read a container the same way.
@@ -74,6 +85,8 @@ LABEL_NAME = "dockerdns.name"
 LABEL_ALIASES = "dockerdns.aliases"
 LABEL_IGNORE = "dockerdns.ignore"
 LABEL_TTL = "dockerdns.ttl"
+LABEL_HEALTH = "dockerdns.health"
+LABEL_SRV = "dockerdns.srv"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_PROJECT = "com.docker.compose.project"
 #: On the containers of Swarm tasks; while Swarm names are on, swarm.py names them (DESIGN.md, "Docker Swarm").
@@ -81,6 +94,8 @@ SWARM_TASK = "com.docker.swarm.task.id"
 
 #: Names taken from `dockerdns.aliases`, and from each network's aliases.
 MAX_ALIASES = 64
+#: Ports taken from each of the inspect data's port maps and from `dockerdns.srv`.
+MAX_PORTS = 64
 #: Characters of a label value quoted in a warning.
 WARN_TEXT = 80
 #: RFC 2181 section 8: a TTL is an unsigned 31-bit number of seconds.
@@ -198,20 +213,33 @@ def records_for_container(
             for alias in _network_aliases(inspect, net, docker_added, warnings):
                 if names.relative("network alias", alias, on[net]):
                     names.relative("network alias", f"{alias}.{net}", on[net])
+    # Rule 10: the names that hold SRV records, all relative (a wildcard cannot hold one).
+    port_names = [primary] if names.target(primary) else []
+    if not in_netns:
+        port_names += [alias for net in nets for alias in _network_aliases(inspect, net, docker_added, [])]
     service, project = tags.get(COMPOSE_SERVICE), tags.get(COMPOSE_PROJECT)
     if service and project:
-        names.relative("compose service", f"{service}.{project}", shared)
+        if names.relative("compose service", f"{service}.{project}", shared):
+            port_names.append(f"{service}.{project}")
     for alias in _label_aliases(tags, warnings):
         if alias.endswith("."):
-            names.external(LABEL_ALIASES, alias, shared)
-        else:
-            names.relative(LABEL_ALIASES, alias, shared)
+            names.external(LABEL_ALIASES, alias, shared, wildcard=True)
+        elif alias.strip() == "*":
+            warnings.append(f"{LABEL_ALIASES} '*': a wildcard for the whole zone cannot be claimed; skipped")
+        elif names.relative(LABEL_ALIASES, alias, shared, wildcard=True) and not alias.startswith("*"):
+            port_names.append(alias)
 
     ttl = _ttl(tags, settings.ttl, warnings)
+    health = _health(inspect, tags, warnings)
     target = names.target(primary) or names.target(short_id)
-    records = names.records(ttl, cid, container)
+    records = names.records(ttl, cid, container, health)
     if target is not None:
-        records += [Record(reverse_name(a.ip), "PTR", target, ttl, cid, container) for a in own]
+        records += [Record(reverse_name(a.ip), "PTR", target, ttl, cid, container, health=health) for a in own]
+        for port, proto, service_name in _ports(inspect, tags, warnings):
+            for holder in _unique(port_names):
+                name = names.target(f"_{service_name}._{proto}.{holder}")
+                if name is not None:
+                    records.append(Record(name, "SRV", f"0 0 {port} {target}", ttl, cid, container, health=health))
     return Published(_dedupe(records), tuple(dict.fromkeys(warnings)))
 
 
@@ -281,42 +309,42 @@ class _Names:
         self._warnings = warnings
         self._claims: list[tuple[str, list[_Address]]] = []
 
-    def relative(self, source: str, text: str, addresses: list[_Address]) -> bool:
+    def relative(self, source: str, text: str, addresses: list[_Address], wildcard: bool = False) -> bool:
         """Claim `text` under the zone; a trailing dot is refused (Rule 4). False when skipped."""
-        name = self.target(text)
+        name = self.target(text, wildcard)
         if name is None:
             self._warnings.append(f"{source} {_quote(text)}: not a valid DNS name")
             return False
         self._claims.append((name, addresses))
         return True
 
-    def external(self, source: str, text: str, addresses: list[_Address]) -> None:
-        """Claim absolute `text`: outside the zone only with external_names."""
+    def external(self, source: str, text: str, addresses: list[_Address], wildcard: bool = False) -> None:
+        """Claim absolute `text`: outside the zone only with external_names (a wildcard too: no `*.com.`)."""
         try:
-            name = absolute(text, self._zone)
+            name = absolute(text, self._zone, wildcard)
         except InvalidName:
             self._warnings.append(f"{source} {_quote(text)}: not a valid DNS name")
             return
-        if name == self._zone:
+        if name in (self._zone, "*." + self._zone):
             self._warnings.append(f"{source} {_quote(text)}: the zone apex cannot be claimed")
         elif not self._external and not name.endswith("." + self._zone):
             self._warnings.append(f"{source} {_quote(text)}: outside the zone {self._zone}; external_names is off")
         else:
             self._claims.append((name, addresses))
 
-    def target(self, text: str) -> str | None:
+    def target(self, text: str, wildcard: bool = False) -> str | None:
         """`text` as an absolute name under the zone, or None when it is not a valid relative name."""
         text = text.strip()
         if not text or text.endswith("."):
             return None
         try:
-            return absolute(text, self._zone)
+            return absolute(text, self._zone, wildcard)
         except InvalidName:
             return None
 
-    def records(self, ttl: int, owner: str, owner_name: str) -> list[Record]:
+    def records(self, ttl: int, owner: str, owner_name: str, health: str) -> list[Record]:
         return [
-            Record(name, a.rtype, a.ip, ttl, owner, owner_name, a.network, a.subnet)
+            Record(name, a.rtype, a.ip, ttl, owner, owner_name, a.network, a.subnet, health)
             for name, addresses in self._claims
             for a in addresses
         ]
@@ -421,6 +449,51 @@ def _ttl(tags: Mapping[str, str], default: int, warnings: list[str]) -> int:
         return int(text)
     warnings.append(f"{LABEL_TTL} {_quote(value)}: expected an integer from 0 to {MAX_TTL}; using {default}")
     return default
+
+
+def _health(inspect: Mapping[str, Any], tags: Mapping[str, str], warnings: list[str]) -> str:
+    """State.Health.Status (healthy, unhealthy, starting), "none" without a check (Rule 11)."""
+    label = tags.get(LABEL_HEALTH)
+    if label is not None:
+        if fold(label.strip()) == "ignore":
+            return "none"
+        warnings.append(f"{LABEL_HEALTH} {_quote(label)}: expected 'ignore'; label skipped")
+    raw = inspect.get("State")
+    check = raw.get("Health") if isinstance(raw, Mapping) else None
+    status = check.get("Status") if isinstance(check, Mapping) else None
+    return status if status in ("healthy", "unhealthy", "starting") else "none"
+
+
+_PORT_KEY = re.compile(r"([0-9]{1,5})/(tcp|udp|sctp)")
+_SRV_ITEM = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?):([0-9]{1,5})(?:/(tcp|udp|sctp))?")
+
+
+def _ports(inspect: Mapping[str, Any], tags: Mapping[str, str], warnings: list[str]) -> list[tuple[int, str, str]]:
+    """(port, protocol, service label) for each exposed or published port, and each `dockerdns.srv` item (Rule 10).
+
+    The container's port, never the host's: `EXPOSE`, `--expose` and `-p`
+    all show as keys `PORT/PROTO` of Config.ExposedPorts,
+    NetworkSettings.Ports and HostConfig.PortBindings.
+    """
+    found: dict[tuple[int, str, str], None] = {}
+    for section, key in (("Config", "ExposedPorts"), ("NetworkSettings", "Ports"), ("HostConfig", "PortBindings")):
+        part = inspect.get(section)
+        ports = part.get(key) if isinstance(part, Mapping) else None
+        if isinstance(ports, Mapping):
+            for spec in list(ports)[:MAX_PORTS]:
+                match = _PORT_KEY.fullmatch(spec) if isinstance(spec, str) else None
+                if match and 0 < int(match.group(1)) < 65536:
+                    found[(int(match.group(1)), match.group(2), match.group(1))] = None
+    value = tags.get(LABEL_SRV)
+    for item in (value.split(",") if value is not None else [])[:MAX_PORTS]:
+        item = item.strip()
+        match = _SRV_ITEM.fullmatch(item)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            if item:
+                warnings.append(f"{LABEL_SRV} item {_quote(item)}: expected NAME:PORT[/PROTO]; skipped")
+            continue
+        found[(int(match.group(2)), match.group(3) or "tcp", fold(match.group(1)))] = None
+    return list(found)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

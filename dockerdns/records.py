@@ -60,14 +60,17 @@ class InvalidName(ValueError):
     """A string that is not a usable DNS name."""
 
 
-def is_valid_name(name: str) -> bool:
+def is_valid_name(name: str, wildcard: bool = False) -> bool:
     """True when `name` (absolute or relative) is a well-formed DNS name.
 
     Labels of ASCII letters, digits, hyphens and underscores, 1 to 63
     characters, not starting or ending with a hyphen; 253 characters at most.
     Nothing else: no other character, not even one that lower-cases into
-    ASCII.
+    ASCII. With `wildcard`, the first label may be `*` (RFC 4592), and only
+    the whole first label.
     """
+    if wildcard and name.startswith("*.") and name not in ("*.", "*.."):
+        name = "x" + name[1:]  # the rest must be a name; `*` is one character, like "x"
     if len(name) > MAX_NAME + 1:
         return False
     try:
@@ -83,19 +86,25 @@ def is_valid_name(name: str) -> bool:
     )
 
 
+def is_wildcard(name: str) -> bool:
+    """True when `name` is a wildcard's owner: its first label is `*` (RFC 4592)."""
+    return name.startswith("*.")
+
+
 def fold(text: str) -> str:
     """`text` with ASCII letters lower-cased and nothing else changed (DNS case, RFC 4343 section 3)."""
     return text.translate(_ASCII_LOWER)
 
 
-def absolute(name: str, zone: str) -> str:
+def absolute(name: str, zone: str, wildcard: bool = False) -> str:
     """`name` made absolute: a trailing dot keeps it as is, else it goes under `zone`.
 
-    Raises InvalidName when the result is not a valid name.
+    Raises InvalidName when the result is not a valid name (with `wildcard`,
+    `*` may be the whole first label).
     """
     name = name.strip()
     result = name if name.endswith(".") else f"{name}.{zone_name(zone)}"
-    if not is_valid_name(result):
+    if not is_valid_name(result, wildcard):
         raise InvalidName(f"not a valid DNS name: {name!r}")
     return fold(result)
 

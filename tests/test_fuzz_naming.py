@@ -108,7 +108,7 @@ def check(outcome: object) -> None:
     """An outcome of the three kinds, whose records are well-formed and whose warnings are one line each."""
     assert isinstance(outcome, (Published, Ignored, NotRunning))
     for rec in outcome.records:
-        assert is_valid_name(rec.name) and rec.name.isascii() and rec.name == rec.name.lower()
+        assert is_valid_name(rec.name, wildcard=True) and rec.name.isascii() and rec.name == rec.name.lower()
         assert 0 <= rec.ttl <= MAX_TTL
         if rec.rtype == "A":
             assert ipaddress.ip_address(rec.value).version == 4

@@ -427,7 +427,7 @@ def test_absolute_alias_inside_zone_is_allowed() -> None:
         ("a..b", ["dockerdns.aliases 'a..b': not a valid DNS name"]),
         (".", ["dockerdns.aliases '.': not a valid DNS name"]),
         ("-web", ["dockerdns.aliases '-web': not a valid DNS name"]),
-        ("*", ["dockerdns.aliases '*': not a valid DNS name"]),
+        ("*", ["dockerdns.aliases '*': a wildcard for the whole zone cannot be claimed; skipped"]),
         ("x" * 64, [f"dockerdns.aliases '{'x' * 64}': not a valid DNS name"]),
         (".".join(["x"] * 125), [f"dockerdns.aliases {'x.x.x.x.' * 10!r}...: not a valid DNS name"]),
         ("docker.", ["dockerdns.aliases 'docker.': the zone apex cannot be claimed"]),
@@ -673,7 +673,7 @@ def test_hostile_labels_never_crash(labels: dict[str, str], aliases: list[str], 
     data["NetworkSettings"]["Networks"]["dnsfix-front"]["Aliases"] = aliases
     published = publish(data, external_names=external)
     for rec in published.records:
-        assert is_valid_name(rec.name) and rec.name.endswith(".") and rec.name == rec.name.lower()
+        assert is_valid_name(rec.name, wildcard=True) and rec.name.endswith(".") and rec.name == rec.name.lower()
         if not external and rec.rtype != "PTR":
             assert rec.name.endswith(".docker.")
     assert all("\n" not in w for w in published.warnings)
@@ -700,3 +700,61 @@ def test_naming_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "enum", "ipaddress", "re", "collections", "dataclasses", "typing"}
+
+
+PORTS = [
+    "*.web.docker. 5 IN A 172.29.60.10",  # a wildcard alias (RFC 4592)
+    "10.60.29.172.in-addr.arpa. 5 IN PTR dnsfix-ports.docker.",
+    "api.docker. 5 IN A 172.29.60.10",
+    "c1590380d6e5.docker. 5 IN A 172.29.60.10",
+    "dnsfix-ports.dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "shop.dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "shop.docker. 5 IN A 172.29.60.10",
+] + [
+    # --expose 5432, -p 127.0.0.1::8080/udp (the container's port), dockerdns.srv=http:80, metrics:9100/tcp;
+    # under the primary name, the network alias and the label alias, never under the wildcard.
+    f"_{service}._{proto}.{holder}.docker. 5 IN SRV 0 0 {port} dnsfix-ports.docker."
+    for service, proto, port in (("5432", "tcp", 5432), ("8080", "udp", 8080), ("http", "tcp", 80),
+                                 ("metrics", "tcp", 9100))
+    for holder in ("api", "dnsfix-ports", "shop")
+]
+
+
+def test_ports_give_srv_records() -> None:
+    """Exposed and published ports and dockerdns.srv items give SRV records for each of the container's names."""
+    published = publish(load("ports"))
+    assert isinstance(published, Published)
+    assert zone(published) == sorted(PORTS)
+    assert list(published.warnings) == ["dockerdns.srv item 'bad:port': expected NAME:PORT[/PROTO]; skipped"]
+
+
+@pytest.mark.parametrize("fixture,health", [("health-healthy", "healthy"), ("health-unhealthy", "unhealthy"),
+                                            ("health-starting", "starting"), ("health-ignore", "none"),
+                                            ("plain", "none")])
+def test_health_from_a_real_engine(fixture: str, health: str) -> None:
+    """Every record carries State.Health.Status, or none without a check or with dockerdns.health=ignore."""
+    published = publish(load(fixture))
+    assert isinstance(published, Published) and published.records
+    assert {r.health for r in published.records} == {health}
+
+
+def test_other_health_label_values_are_skipped_with_a_warning() -> None:
+    """dockerdns.health with a value other than ignore is skipped: the check counts, one warning."""
+    published = publish(with_labels("health-unhealthy", dockerdns__health="yes"))
+    assert isinstance(published, Published)
+    assert {r.health for r in published.records} == {"unhealthy"}
+    assert list(published.warnings) == ["dockerdns.health 'yes': expected 'ignore'; label skipped"]
+
+
+@pytest.mark.parametrize("aliases,warning", [
+    ("a.*.web", "dockerdns.aliases 'a.*.web': not a valid DNS name"),
+    ("*web", "dockerdns.aliases '*web': not a valid DNS name"),
+    ("*.com.", "dockerdns.aliases '*.com.': outside the zone docker.; external_names is off"),
+    ("*.docker.", "dockerdns.aliases '*.docker.': the zone apex cannot be claimed"),
+])
+def test_wildcards_only_as_the_whole_first_label_inside_the_zone(aliases: str, warning: str) -> None:
+    """A `*` elsewhere is skipped with one warning, and no container claims `*.com.` or the whole zone."""
+    published = publish(with_labels("plain", dockerdns__aliases=aliases))
+    assert isinstance(published, Published)
+    assert list(published.warnings) == [warning] and not [r for r in published.records if "*" in r.name]
