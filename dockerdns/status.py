@@ -122,6 +122,9 @@ class _Collector:
         yield GaugeMetricFamily("dockerdns_table_records", "Records in the table",
                                 value=snapshot.record_count)
         yield GaugeMetricFamily("dockerdns_table_names", "Names in the table", value=len(snapshot.names))
+        yield GaugeMetricFamily("dockerdns_health_left_out",
+                                "Holders of shared names left out of them for being unhealthy or starting",
+                                value=snapshot.left_out)
         yield GaugeMetricFamily("dockerdns_docker_in_sync", "1 when the table is in sync with Docker",
                                 value=1 if getattr(source, "in_sync", False) else 0)
         last = getattr(source, "last_sync", None)

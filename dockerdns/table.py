@@ -166,7 +166,7 @@ class RecordTable:
             by_owner=old_snap.by_owner.evolve(owners),
             hosts=old_snap.hosts.evolve({h: self._hosts.get(h, GONE) for h in hosts}),
         )
-        self.snapshot = self._finish(snapshot, touched | ents)
+        self.snapshot = self._finish(replace(snapshot, left_out=self.left_out), touched | ents)
 
     def _rrsets(self, name: str) -> RRsets | None:
         """The records of `name` by type, from the owners that rank first (Rule 4); None when none."""

@@ -297,3 +297,11 @@ def test_healthz_follows_docker(docker_client: Any, wait_for: Callable[..., Any]
         assert code == 503 and "Docker" in json.loads(body)["reason"]
     finally:
         bad.stop()
+
+
+def test_metrics_count_holders_left_out_for_health(app: App) -> None:
+    """/metrics shows how many holders of shared names are left out for their health."""
+    app.table.replace("c1", [Record("web.p.docker.", "A", "10.0.0.1", 1, "c1", health="healthy")])
+    app.table.replace("c2", [Record("web.p.docker.", "A", "10.0.0.2", 1, "c2", health="unhealthy")])
+    families = {f.name: f for f in text_string_to_metric_families(get(app, "/metrics")[2].decode())}
+    assert families["dockerdns_health_left_out"].samples[0].value == 1
