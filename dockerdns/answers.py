@@ -22,10 +22,12 @@ Rule 5: source-aware answers (a client's own networks first) are built only
         shares one answer.
 Rule 7: a query seen before on the same snapshot skips the reading: what
         was read of it (its ready answer, flags, sizes) is remembered by its
-        bytes after the id, in the snapshot (`Snapshot.queries`), for plain
+        bytes after the id, its name in lower case (its question is still
+        echoed as asked), in the snapshot (`Snapshot.queries`), for plain
         queries only: at most `MAX_FAST_QUERY` bytes, no EDNS option but a
         cookie, and an answer that does not depend on the client's
-        networks. At most `MAX_REMEMBERED` queries; past it, the memo starts
+        networks and is not NXDOMAIN (random names would only push out
+        the names that exist). At most `MAX_REMEMBERED` queries; past it, the memo starts
         over. Rotation still turns per answer.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
@@ -60,7 +62,7 @@ from .wire import pack
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
 MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
 MAX_VARIANTS = 64  # source-aware variants remembered per RRset
-MAX_REMEMBERED = 8192  # queries remembered per snapshot (Rule 7)
+MAX_REMEMBERED = 32768  # queries remembered per snapshot (Rule 7): about 300 bytes each
 COOKIE = b"\x00\x0a"  # EDNS option code 10, RFC 7873
 CLASSIC_UDP_LIMIT = 512
 HEADER_LEN = 12
@@ -111,6 +113,12 @@ class Ready:
         chunks = self.chunks
         k = turn % len(chunks)
         return b"".join((self.head, *chunks[k:], *chunks[:k], self.tail))
+
+
+@functools.lru_cache(maxsize=4096)
+def _heads(flags: int, counts: bytes) -> tuple[bytes, bytes]:
+    """The header after the id, without RA and with it: shared by every remembered query that has it."""
+    return _H(flags) + counts, _H(flags | 0x80) + counts
 
 
 @functools.lru_cache(maxsize=1024)
@@ -350,7 +358,11 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     reads what `question` reads, inline.
     """
     ready_: Ready
-    remembered = snapshot.queries.get(data[2:])
+    # Rule 7: the query's bytes after the id, its name folded to lower case, so that 0x20 clients
+    # (a random letter case on every query) find what was read before too. Nothing else is folded.
+    cut = data.find(0, HEADER_LEN)
+    seen = data[2:HEADER_LEN] + data[HEADER_LEN:cut].lower() + data[cut:]
+    remembered = snapshot.queries.get(seen)
     if remembered is not None:
         ready_, heads, size, qend, opt, udp_limit, soa = remembered
         if size <= (udp_limit if limit is None else limit):
@@ -392,7 +404,8 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         if entry is not None:
             found = entry.types.get(qtype, entry.other)
         else:
-            labels = _labels(key)
+            zone = snapshot.zone_wire
+            labels = _labels(key, len(key) - len(zone) if key.endswith(zone) else -1)
             if labels is None:
                 return None  # malformed: the full resolver answers FORMERR
             if labels == 1:
@@ -408,7 +421,7 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
                 elif isinstance(found, Ready) and found.soa:
                     return None  # a chain that ends negative: without the SOA here (the full resolver)
                 aa = 0
-            elif _in_zone(key, snapshot.zone_wire):
+            elif labels < 0:  # in the zone (a label boundary where the zone starts), and not held
                 found = snapshot.nxdomain
                 if snapshot.wildcards:
                     source = _wildcard(key, snapshot)
@@ -427,13 +440,12 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         ready_ = found
         flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
         soa = snapshot.nodata.bodies[0] if ready_.soa else b""
-        if plain and not ready_.networks:
+        if plain and not ready_.networks and ready_ is not snapshot.nxdomain:  # a flood of new names: not kept
             memo = snapshot.queries
             if len(memo) >= MAX_REMEMBERED:
                 memo.clear()  # Rule 7: a stranger's variety costs a re-reading, never memory
-            counts = ready_.counts_opt if opt else ready_.counts
-            heads = (_H(flags) + counts, _H(flags | 0x80) + counts)
-            memo[data[2:]] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
+            heads = _heads(flags, ready_.counts_opt if opt else ready_.counts)
+            memo[seen] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
         if ready_.networks:
             networks = snapshot.networks_of(client)
             if networks:
@@ -464,16 +476,26 @@ def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, bod
     return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body(), opt))
 
 
-def _labels(key: bytes) -> int | None:
-    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed."""
+def _labels(key: bytes, zone_at: int) -> int | None:
+    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed.
+
+    Negative (minus the count) when a label starts at `zone_at`: the name is
+    the zone or below it. One walk for both, as this runs for every name the
+    index does not hold.
+    """
     pos, count, last = 0, 0, len(key) - 1
+    below = False
     while pos < last:
+        if pos == zone_at:
+            below = True
         length = key[pos]
         if length > 63:
             return None  # a pointer, or a reserved label type: the full resolver decides
         pos += length + 1
         count += 1
-    return count if pos == last and len(key) <= 255 else None
+    if pos != last or len(key) > 255:
+        return None
+    return -count if below else count
 
 
 def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
@@ -486,14 +508,3 @@ def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
             return index.get(b"\x01*" + ancestor)
         pos += key[pos] + 1
     return None
-
-
-def _in_zone(key: bytes, zone: bytes) -> bool:
-    """True when the wire name `key` (valid, lower-case) is `zone` or below it, on a label boundary."""
-    if not key.endswith(zone):
-        return False
-    cut = len(key) - len(zone)
-    pos = 0
-    while pos < cut:
-        pos += key[pos] + 1
-    return pos == cut

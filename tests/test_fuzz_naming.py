@@ -114,6 +114,10 @@ def check(outcome: object) -> None:
             assert ipaddress.ip_address(rec.value).version == 4
         elif rec.rtype == "AAAA":
             assert ipaddress.ip_address(rec.value).version == 6 and "%" not in rec.value
+        elif rec.rtype == "SRV":
+            priority, weight, port, target = rec.value.split()
+            assert (priority, weight) == ("0", "0") and 0 < int(port) < 65536 and is_valid_name(target)
+            assert rec.name.startswith("_") and rec.name.split(".")[1] in ("_tcp", "_udp", "_sctp")
         else:
             assert rec.rtype == "PTR" and is_valid_name(rec.value)
     for warning in outcome.warnings:
