@@ -69,7 +69,8 @@ class App:
         self.table.replace(STATIC, settings.records)
         self.forwarder = Forwarder(settings.forward.upstreams, max_ttl=settings.forward.max_ttl)
         self.stats = Stats()
-        self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats)
+        self.responder = Responder(self.table, policy_of(settings), self._forwarder_for(settings), self.stats,
+                                   UpstreamCache(settings.forward.cache_size))
         self.rate_limit = rate_limit_of(settings.rate_limit, self.table)
         self.servers: list[UdpServer | TcpServer] = []
         self.status: StatusServer | None = None
@@ -245,7 +246,7 @@ class App:
         self.forwarder.max_ttl = settings.forward.max_ttl
         self.responder.forwarder = self._forwarder_for(settings)
         if settings.forward != previous.forward:
-            self.responder.cache = UpstreamCache()  # other upstreams, other answers: none kept from before
+            self.responder.cache = UpstreamCache(settings.forward.cache_size)  # none kept from before
         self._update_policy()
         if settings.rate_limit != previous.rate_limit:
             self.rate_limit = rate_limit_of(settings.rate_limit, self.table)

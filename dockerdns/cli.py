@@ -179,6 +179,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--forward-max-ttl", dest="forward.max_ttl", metavar="SECONDS", default=suppress,
            help="longest TTL a forwarded answer keeps; longer ones are cut to it "
                 f"(default: {config.ForwardSettings().max_ttl})")
+    option("--forward-cache-size", dest="forward.cache_size", metavar="BYTES", default=suppress,
+           help="bytes of upstream answers kept for their TTL; 0 keeps none "
+                f"(default: {config.ForwardSettings().cache_size})")
     option("--no-forward", dest="forward.enabled", action="store_const", const=False, default=suppress,
            help="refuse names outside the zone instead of forwarding them")
     option("--allow", metavar="CIDR", action="append", default=suppress,

@@ -61,6 +61,7 @@ FLAGS: Mapping[str, str] = {
     "forward.upstreams": "--upstream",
     "forward.enabled": "--no-forward",
     "forward.max_ttl": "--forward-max-ttl",
+    "forward.cache_size": "--forward-cache-size",
     "allow": "--allow",
     "external_names": "--external-names",
     "http.listen": "--http",
@@ -83,6 +84,7 @@ DNS_PORT = 53
 MAX_TTL = 2**31 - 1  # RFC 2181 section 8: a TTL is an unsigned 31-bit number
 MAX_RATE = 1_000_000  # responses per second; beyond any one server
 MAX_SLIP = 10  # BIND's bound too
+MAX_CACHE_SIZE = 2**34  # bytes: 16 GiB, beyond any sane cache
 MAX_WINDOW = 3600  # seconds; BIND's bound too
 MAX_SWARM_POLL = 3600  # seconds
 
@@ -761,6 +763,7 @@ def _build(
     upstreams = _resolve("forward.upstreams", _list_of(_upstream), layers, problems) or nameservers(resolv_conf)
     enabled = _resolve("forward.enabled", _boolean, layers, problems)
     max_ttl = _resolve("forward.max_ttl", _ttl, layers, problems)
+    cache_size = _resolve("forward.cache_size", _integer(0, MAX_CACHE_SIZE), layers, problems)
     allow = _resolve("allow", _list_of(_cidr), layers, problems)
     external_names = _resolve("external_names", _boolean, layers, problems)
     http_listen = _resolve("http.listen", _http_listen, layers, problems)
@@ -783,6 +786,7 @@ def _build(
             # Forwarding must never reach dockerdns itself (DESIGN.md, "DNS behaviour").
             upstreams=tuple(upstream for upstream in upstreams if not _reaches_self(upstream, listen)),
             max_ttl=_default(max_ttl, _DEFAULTS.forward.max_ttl),
+            cache_size=_default(cache_size, _DEFAULTS.forward.cache_size),
         ),
         allow=default_allow(proc_net) if allow is None else allow,
         external_names=_default(external_names, _DEFAULTS.external_names),

@@ -26,6 +26,7 @@ DEFAULT_SLIP = 2  # every second over-limit response is a TC answer
 #: week (or, hostile, 2**31-1); a day bounds how long a bad answer can live
 #: in the caches behind us.
 DEFAULT_FORWARD_MAX_TTL = 86400
+DEFAULT_FORWARD_CACHE_SIZE = 16 * 1024 * 1024  # bytes of upstream answers kept
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,6 +56,7 @@ class ForwardSettings:
     enabled: bool = True
     upstreams: tuple[Address, ...] = ()
     max_ttl: int = DEFAULT_FORWARD_MAX_TTL  # seconds; TTLs of forwarded answers are capped at it
+    cache_size: int = DEFAULT_FORWARD_CACHE_SIZE  # bytes of upstream answers kept; 0: none
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,7 @@ ENV_SETTINGS: list[tuple[str, str, Field, object]] = [
      (Address("192.0.2.1", 53), Address("192.0.2.2", 5300))),
     ("DOCKERDNS_FORWARD_ENABLED", "false", lambda s: s.forward.enabled, False),
     ("DOCKERDNS_FORWARD_MAX_TTL", "600", lambda s: s.forward.max_ttl, 600),
+    ("DOCKERDNS_FORWARD_CACHE_SIZE", "1048576", lambda s: s.forward.cache_size, 1048576),
     ("DOCKERDNS_ALLOW", "10.0.0.0/8,::1", lambda s: s.allow, nets("10.0.0.0/8", "::1/128")),
     ("DOCKERDNS_EXTERNAL_NAMES", "TRUE", lambda s: s.external_names, True),
     ("DOCKERDNS_HTTP_LISTEN", "0.0.0.0:5380", lambda s: s.http.listen, Address("0.0.0.0", 5380)),
@@ -691,7 +692,8 @@ def test_env_name() -> None:
     assert config.env_name("forward.upstreams") == "DOCKERDNS_FORWARD_UPSTREAMS"
     assert [config.env_name(key) for key in config.FLAGS] == [
         "DOCKERDNS_LISTEN", "DOCKERDNS_DOMAIN", "DOCKERDNS_TTL", "DOCKERDNS_DOCKER_URL",
-        "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_FORWARD_MAX_TTL", "DOCKERDNS_ALLOW",
+        "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_FORWARD_MAX_TTL",
+        "DOCKERDNS_FORWARD_CACHE_SIZE", "DOCKERDNS_ALLOW",
         "DOCKERDNS_EXTERNAL_NAMES", "DOCKERDNS_HTTP_LISTEN", "DOCKERDNS_LOG_LEVEL",
         "DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", "DOCKERDNS_RATE_LIMIT_SLIP", "DOCKERDNS_RATE_LIMIT_WINDOW",
         "DOCKERDNS_SWARM_URL", "DOCKERDNS_SWARM_POLL",
