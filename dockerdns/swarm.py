@@ -27,6 +27,10 @@ Rule 6: every record of a service has the owner `swarm:<service id>`, so a
 Rule 7: a name that is not valid is skipped with one warning, never an
         exception; the output is deduplicated by (name, type, value) and
         sorted.
+Rule 8: each target port of the service's endpoint gives, per served task,
+        `_<port>._<proto>.n SRV 0 0 <port> <slot>.n.` (and under `s.k`): the
+        task listens on its target port (a published port is the routing
+        mesh's, on the nodes' addresses, and gets none).
 
 Pure: no I/O, no threads, no clocks, no logging; every function is safe to
 call from any thread. Input is the decoded JSON of `GET /services`,
@@ -83,6 +87,7 @@ class Service:
     endpoint_mode: str  # "vip" or "dnsrr"
     vips: tuple[Address, ...]
     stack: str | None
+    ports: tuple[tuple[int, str], ...] = ()  # (target port, protocol) of the service's endpoint
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,12 @@ def parse_service(item: Mapping[str, Any], networks: Mapping[str, Network], warn
         else:
             vips.append(address)
     stack = _text(_map(spec.get("Labels")).get(LABEL_STACK)).strip() or None
-    return Service(service_id, name, str(mode), endpoint_mode.lower(), tuple(vips), stack)
+    ports: dict[tuple[int, str], None] = {}
+    for port in entries(endpoint.get("Ports")) + entries(_map(spec.get("EndpointSpec")).get("Ports")):
+        target, proto = port.get("TargetPort"), _text(port.get("Protocol")) or "tcp"
+        if isinstance(target, int) and 0 < target < 65536 and proto in ("tcp", "udp", "sctp"):
+            ports[(target, proto)] = None
+    return Service(service_id, name, str(mode), endpoint_mode.lower(), tuple(vips), stack, tuple(ports))
 
 
 def parse_task(item: Mapping[str, Any], networks: Mapping[str, Network]) -> Task | None:
@@ -293,6 +303,11 @@ def records_for_service(service: Service, tasks: Sequence[Task], settings: Setti
                 own.append(task_name)
             add(own, [address], owner_name)
             records.append(Record(reverse_name(address.ip), "PTR", task_name or name, ttl, owner, owner_name))
+        # Rule 8: one SRV per task for each target port, under the service's names (DESIGN.md, "Ports (SRV)").
+        for port, proto in service.ports if task_name and task.addresses else ():
+            for holder in [name] + ([stack_name] if stack_name else []):
+                records.append(Record(f"_{port}._{proto}.{holder}", "SRV", f"0 0 {port} {task_name}", ttl, owner,
+                                      owner_name))
     return ServiceRecords(service.name, _dedupe(records), tuple(dict.fromkeys(warnings)))
 
 

@@ -130,6 +130,9 @@ SHOP_API_ZONE = [  # a stack's service with a published port: api.shop, and noth
     "1.shop_api.docker. 1 IN A 10.213.1.14",
     "13.1.213.10.in-addr.arpa. 1 IN PTR shop_api.docker.",
     "14.1.213.10.in-addr.arpa. 1 IN PTR 1.shop_api.docker.",
+    # its target port 80, under both names of the service, one SRV per task (Rule 8)
+    "_80._tcp.api.shop.docker. 1 IN SRV 0 0 80 1.shop_api.docker.",
+    "_80._tcp.shop_api.docker. 1 IN SRV 0 0 80 1.shop_api.docker.",
     "api.shop.docker. 1 IN A 10.213.1.13",
     "shop_api.dnsw-net.docker. 1 IN A 10.213.1.13",
     "shop_api.docker. 1 IN A 10.213.1.13",
@@ -429,3 +432,16 @@ def test_reload_turns_swarm_names_off() -> None:
         assert not app.source._settings.swarm.enabled  # task containers are the docker source's again
     finally:
         app.stop()
+
+
+def test_target_ports_give_one_srv_per_task() -> None:
+    """A service's target port gives one SRV per served task, pointing at the task's name (Rule 8)."""
+    services = load("services")
+    web = next(s for s in services if s["ID"] == WEB)
+    web.setdefault("Endpoint", {})["Ports"] = [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"}]
+    result = records_for_cluster(cluster(services=services), Settings(ttl=1))[OWNER_PREFIX + WEB]
+    srv = sorted(f"{r.name} {r.value}" for r in result.records if r.rtype == "SRV")
+    tasks = sorted({r.name for r in result.records if r.rtype == "A" and r.name[0].isdigit()})
+    assert srv and len(srv) == len(tasks)
+    assert srv == sorted(f"_80._tcp.web.docker. 0 0 80 {name}" for name in tasks)
