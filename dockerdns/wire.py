@@ -44,28 +44,41 @@ class Malformed:
 
 
 def decode(data: bytes) -> DNSRecord | Malformed | None:
-    """A parsed query; Malformed with a FORMERR to send; None to drop the packet.
+    """A parsed query; Malformed with a FORMERR (or NOTIMP) to send; None to drop the packet.
 
-    The work is bounded whatever `data` holds (Rule 4): its names are walked
-    once with `read_name`, and dnslib parses only the header, the question
-    and the OPT, never a record a client has no business sending.
+    The work is bounded whatever `data` holds (Rule 4). A query is its
+    question and at most one OPT, owned by the root, at its end (RFC 6891
+    section 6.1.1); nothing else is read. dnslib parses the header, the
+    question and that OPT without its options (no option of a query is used;
+    cookies are ignored as RFC 7873 section 5.2 allows).
     """
     if len(data) < HEADER_LEN:
         return None
-    ident, flags = struct.unpack_from("!HH", data)
+    ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", data)
     if flags & 0x8000:  # QR set: a response, not a query
         return None
-    layout = sections(data)
-    if layout is None:
-        return _formerr(ident, flags, _opt_at_end(data))
-    an, ns, _ = layout.counts
-    opts = [data[start:end] for index, (start, end, rtype) in enumerate(layout.records)
-            if index >= an + ns and rtype == OPT]
-    trimmed = data[:6] + struct.pack("!HHH", 0, 0, len(opts)) + data[HEADER_LEN:layout.question_end] + b"".join(opts)
+    opt = _opt_at_end(data)
+    if (flags >> 11) & 0xF != OPCODE_QUERY:
+        return _refusal(ident, flags, opt, RCODE.NOTIMP)  # RFC 1035 section 4.1.1: nothing else is read
+    if qd > 1 or an or ns or ar > 1:
+        return _refusal(ident, flags, opt, RCODE.FORMERR)
+    end = HEADER_LEN
+    if qd:
+        name = read_name(data, HEADER_LEN)
+        if name is None or name[1] != data.find(0, HEADER_LEN) + 1 or name[1] + 4 > len(data):
+            return _refusal(ident, flags, opt, RCODE.FORMERR)  # a question's name has nothing to point at
+        end = name[1] + 4
+    if ar:
+        if opt is None or len(data) - len(opt) != end:
+            return _refusal(ident, flags, opt, RCODE.FORMERR)  # not one OPT, owned by the root, at the end
+        opt = opt[:9] + b"\x00\x00"  # its options dropped: nobody reads them
+    elif end != len(data):
+        return _refusal(ident, flags, None, RCODE.FORMERR)  # trailing bytes
+    trimmed = data[:HEADER_LEN] + data[HEADER_LEN:end] + (opt or b"")
     try:
         return DNSRecord.parse(trimmed)
     except Exception:  # dnslib raises DNSError, but also struct/Unicode/Index errors on garbage
-        return _formerr(ident, flags, opts[0] if opts else None)
+        return _refusal(ident, flags, opt, RCODE.FORMERR)
 
 
 def _opt_at_end(data: bytes) -> bytes | None:
@@ -79,14 +92,21 @@ def _opt_at_end(data: bytes) -> bytes | None:
     return None
 
 
-def _formerr(ident: int, flags: int, opt: bytes | None) -> Malformed:
-    """FORMERR for a query that did not parse; with our OPT when it carried one (RFC 6891 section 7)."""
-    header = DNSHeader(id=ident, qr=1, opcode=(flags >> 11) & 0xF, rd=(flags >> 8) & 1)
-    header.rcode = RCODE.FORMERR
+def _refusal(ident: int, flags: int, opt: bytes | None, rcode: int) -> Malformed:
+    """FORMERR (or NOTIMP) for a query not read further; with our OPT when it carried one (RFC 6891 section 7).
+
+    NOTIMP echoes nothing of the query but its id and opcode: not RD, and no RA (RFC 1035 section 4.1.1).
+    """
+    opcode = (flags >> 11) & 0xF
+    header = DNSHeader(id=ident, qr=1, opcode=opcode, rd=(flags >> 8) & 1 if rcode == RCODE.FORMERR else 0)
+    header.rcode = rcode
     reply = DNSRecord(header)
     if opt is not None and len(opt) >= 11:
         reply.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, flags="do" if opt[7] & 0x80 else ""))
     return Malformed(pack(reply)[0])
+
+
+OPCODE_QUERY = 0
 
 
 def udp_limit(query: DNSRecord) -> int:
@@ -321,16 +341,27 @@ def sections(data: bytes) -> Sections | None:
     return Sections(HEADER_LEN if not qd else _question_end(data), tuple(records), (an, ns, ar))
 
 
-# Where names sit in the rdata of the types that dnslib decodes names for:
-# (offset of the first name, how many names follow one another).
-_RDATA_NAMES = {2: (0, 1), 5: (0, 1), 12: (0, 1), 39: (0, 1), 15: (2, 1), 33: (6, 1), 6: (0, 2)}
+# Where names sit in the rdata of every type whose names dnslib decodes (its RDMAP: NS, CNAME, PTR,
+# MX, SOA, SRV, NAPTR, RRSIG, NSEC, RP): (offset of the first name, how many names follow one another).
+_RDATA_NAMES = {2: (0, 1), 5: (0, 1), 12: (0, 1), 39: (0, 1), 15: (2, 1), 33: (6, 1), 6: (0, 2),
+                17: (0, 2), 46: (18, 1), 47: (0, 1)}
+NAPTR = 35  # order, preference, three character-strings, then the replacement name
 
 
 def _rdata_names_bounded(data: bytes, rtype: int, start: int, end: int) -> bool:
     """True when the names inside a record's rdata read within the bounds of `read_name` (Rule 4)."""
-    layout = _RDATA_NAMES.get(rtype)
-    if layout is None:
-        return True
+    if rtype == NAPTR:
+        pos = start + 4
+        for _ in range(3):
+            if pos >= end:
+                return False
+            pos += data[pos] + 1
+        layout = (pos - start, 1)
+    else:
+        found = _RDATA_NAMES.get(rtype)
+        if found is None:
+            return True
+        layout = found
     pos = start + layout[0]
     for _ in range(layout[1]):
         name = read_name(data, pos)
