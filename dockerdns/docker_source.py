@@ -32,13 +32,14 @@ Rule 8: one container's records never stop another's. Naming runs per
         names it, and every other container is published as usual; it is
         never taken for a lost connection, so the table never freezes.
 Rule 6: a network `connect` comes ~250 ms before `docker start` returns,
-        while the engine still holds the container's lock (an inspect would
-        wait for the start to end). The network can be read at once: its
-        endpoint already has the new address. So a container seen before
-        (its last inspect is kept while it is stopped) is published right
-        then, with the networks connected so far, and the inspect after the
-        start replaces that with the whole truth. Like Docker's own DNS, the
-        new address is served before `docker start` returns.
+        while the engine still holds the container's lock. A container that
+        is starting is NOT published then: its interface may not be up yet,
+        and a client that connects to the new address at once leaves an
+        unresolved neighbour entry that stalls every connection to it for
+        about a second (bench/early_publish.py: 28 of 30 early connects
+        failed or took ~1 s). It is published from the inspect after its
+        start. A container already running that is connected to another
+        network is published from the connect, with that network, at once.
 
 Thread-safety: DockerSource runs one daemon thread that does all Docker I/O
 and all table writes for containers. `start`, `stop` and `update_settings`
@@ -403,13 +404,13 @@ class DockerSource:
             self._report_gateway(gateway)
 
     def _publish_early(self, client: Any, cid: str, event: Mapping[str, Any]) -> None:
-        """Rule 6: publish the address a network connect just gave, before the start ends."""
+        """Rule 6: publish the address a network connect just gave a running container."""
         net_id = (event.get("Actor") or {}).get("ID")
         with self._lock:
             running = self._inspects.get(cid)
-            base = running or self._stopped.get(cid)
+            base = running
         if base is None or not isinstance(net_id, str):
-            return
+            return  # a container still starting waits for its start to end (Rule 6)
         try:
             network = client.inspect_network(net_id)
         except docker.errors.NotFound:
