@@ -39,7 +39,7 @@ CHECK_INTERVAL_NS = 500_000_000  # Docker's health check interval: 0.5 s
 STUCK_NS = 600_000_000_000  # 600 s interval and start period: the container stays `starting`
 HEALTH_DEADLINE = 20.0  # seconds for Docker to reach a health state on a loaded machine
 ANSWER_DEADLINE = 5.0  # seconds for dockerdns to show a state Docker already reports
-EVENT_TO_ANSWER = 2.0  # seconds from `health_status` to the answer (DESIGN says 100 ms; the machine is shared)
+EVENT_TO_ANSWER = 3.0  # seconds from `health_status` to the answer (DESIGN: 100 ms; up to 1 s seen at load 11)
 
 
 def checked(*, stuck: bool = False) -> dict[str, Any]:
@@ -182,14 +182,15 @@ def test_unhealthy_replica_left_out_of_the_service(server: tuple[str, int], make
     project = unique_name("proj")
     good = make_container("good", command=sleeper(True), healthcheck=checked(), labels=compose("web", project))
     bad = make_container("bad", command=sleeper(False), healthcheck=checked(), labels=compose("web", project))
+    good_ip, bad_ip = ip_of(good), ip_of(bad)
     await_health(wait_for, good=(good, "healthy"), bad=(bad, "unhealthy"))
-    wait_for(lambda: addresses(server, f"web.{project}.docker") == [ip_of(good)], timeout=ANSWER_DEADLINE,
+    wait_for(lambda: addresses(server, f"web.{project}.docker") == [good_ip], timeout=ANSWER_DEADLINE,
              what="only the healthy replica")
-    assert addresses(server, f"{bad.name}.docker") == [ip_of(bad)]
+    assert addresses(server, f"{bad.name}.docker") == [bad_ip]
     rows = records_json()
     assert health_column(rows, good) == {"healthy"} and health_column(rows, bad) == {"unhealthy"}
     assert {r["value"] for r in rows if r["name"] == f"web.{project}.docker." and r["type"] == "A"} \
-        == {ip_of(good), ip_of(bad)}  # the table lists both holders; the answer leaves one out
+        == {good_ip, bad_ip}  # the table lists both holders; the answer leaves one out
 
 
 def test_health_event_reaches_the_answer(server: tuple[str, int], docker_client: Any,
@@ -198,10 +199,11 @@ def test_health_event_reaches_the_answer(server: tuple[str, int], docker_client:
     project = unique_name("proj")
     good = make_container("good", command=sleeper(True), healthcheck=checked(), labels=compose("web", project))
     bad = make_container("bad", command=sleeper(False), healthcheck=checked(), labels=compose("web", project))
+    good_ip, bad_ip = ip_of(good), ip_of(bad)
+    both = sorted([good_ip, bad_ip])
     await_health(wait_for, good=(good, "healthy"), bad=(bad, "unhealthy"))
-    wait_for(lambda: addresses(server, f"web.{project}.docker") == [ip_of(good)], timeout=ANSWER_DEADLINE,
+    wait_for(lambda: addresses(server, f"web.{project}.docker") == [good_ip], timeout=ANSWER_DEADLINE,
              what="only the healthy replica")
-    both = sorted([ip_of(good), ip_of(bad)])
 
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     stream = docker_client.events(decode=True, filters={"container": good.id, "type": "container"})
@@ -232,7 +234,7 @@ def test_health_event_reaches_the_answer(server: tuple[str, int], docker_client:
     assert time.monotonic() - seen < EVENT_TO_ANSWER
 
     assert bad.exec_run(["touch", OK_FILE]).exit_code == 0  # and back: the other replica alone is healthy
-    wait_for(lambda: addresses(server, f"web.{project}.docker") == [ip_of(bad)], timeout=HEALTH_DEADLINE,
+    wait_for(lambda: addresses(server, f"web.{project}.docker") == [bad_ip], timeout=HEALTH_DEADLINE,
              what="only the replica that became healthy")
 
 
@@ -255,7 +257,8 @@ def test_starting_replica_steps_aside(server: tuple[str, int], make_container: C
     starting = make_container("starting", healthcheck=checked(stuck=True), labels=compose("web", project))
     plain = make_container("plain", labels=compose("web", project))
     assert health_of(starting) == "starting" and health_of(plain) == "none"
-    wait_for(lambda: addresses(server, f"web.{project}.docker") == [ip_of(plain)], timeout=ANSWER_DEADLINE,
+    plain_ip = ip_of(plain)
+    wait_for(lambda: addresses(server, f"web.{project}.docker") == [plain_ip], timeout=ANSWER_DEADLINE,
              what="only the replica without a check")
     assert addresses(server, f"{starting.name}.docker") == [ip_of(starting)]
     rows = records_json()
@@ -274,7 +277,8 @@ def test_health_ignore_label(server: tuple[str, int], make_container: Callable[.
     await_health(wait_for, good=(good, "healthy"), ignored=(ignored, "unhealthy"), control=(control, "unhealthy"))
     # The unlabelled unhealthy control is left out only once dockerdns sees the healthy replica,
     # so this answer cannot be a fail-open moment that happens to include the ignored one.
-    wait_for(lambda: addresses(server, f"web.{project}.docker") == sorted([ip_of(good), ip_of(ignored)]),
+    pair = sorted([ip_of(good), ip_of(ignored)])
+    wait_for(lambda: addresses(server, f"web.{project}.docker") == pair,
              timeout=ANSWER_DEADLINE, what="the healthy and the ignored replica")
     rows = records_json()
     assert health_column(rows, ignored) == {"none"} and health_column(rows, control) == {"unhealthy"}
@@ -363,10 +367,11 @@ def test_srv_per_replica_follows_health(server: tuple[str, int], make_exposed: C
     both = sorted([(5432, f"{one.name}.docker."), (5432, f"{two.name}.docker.")])
     records, extra = wait_for(lambda: (s := srv(server, owner))[0] == both and s, timeout=ANSWER_DEADLINE,
                               what="one SRV per replica")
-    assert extra == {f"{one.name}.docker.": [ip_of(one)], f"{two.name}.docker.": [ip_of(two)]}
+    one_ip = ip_of(one)
+    assert extra == {f"{one.name}.docker.": [one_ip], f"{two.name}.docker.": [ip_of(two)]}
 
     assert two.exec_run(["rm", OK_FILE]).exit_code == 0
-    wait_for(lambda: srv(server, owner) == ([(5432, f"{one.name}.docker.")], {f"{one.name}.docker.": [ip_of(one)]}),
+    wait_for(lambda: srv(server, owner) == ([(5432, f"{one.name}.docker.")], {f"{one.name}.docker.": [one_ip]}),
              timeout=HEALTH_DEADLINE, what="only the healthy replica's SRV")
     assert srv(server, f"_5432._tcp.{two.name}.docker")[0] == [(5432, f"{two.name}.docker.")]  # its own name
 
