@@ -228,10 +228,8 @@ def test_health_event_reaches_the_answer(server: tuple[str, int], docker_client:
                 break
     finally:
         stream.close()
-    seen = time.monotonic()
     wait_for(lambda: addresses(server, f"web.{project}.docker") == both, timeout=EVENT_TO_ANSWER,
              what="both replicas after the event")
-    assert time.monotonic() - seen < EVENT_TO_ANSWER
 
     assert bad.exec_run(["touch", OK_FILE]).exit_code == 0  # and back: the other replica alone is healthy
     wait_for(lambda: addresses(server, f"web.{project}.docker") == [bad_ip], timeout=HEALTH_DEADLINE,
