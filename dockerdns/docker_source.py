@@ -40,6 +40,10 @@ Rule 6: a network `connect` comes ~250 ms before `docker start` returns,
         failed or took ~1 s). It is published from the inspect after its
         start. A container already running that is connected to another
         network is published from the connect, with that network, at once.
+Rule 8: a `health_status: <status>` event carries the new health: it is
+        served from the container's last inspect with that status at once,
+        before the inspect that follows (which a busy engine may answer in
+        hundreds of milliseconds) confirms it.
 
 Thread-safety: DockerSource runs one daemon thread that does all Docker I/O
 and all table writes for containers. `start`, `stop` and `update_settings`
@@ -350,6 +354,9 @@ class DockerSource:
         self.events_handled += 1
         if event.get("Type") == "network" and event.get("Action") == "connect":
             self._publish_early(client, cid, event)
+        action = event.get("Action")
+        if event.get("Type") == "container" and isinstance(action, str) and action.startswith("health_status:"):
+            self._publish_health(cid, action.partition(":")[2].strip())
         self._refresh(client, cid)
         with self._lock:
             dependents = [dep for dep, owner in self._dependents.items() if _is(owner, cid, self._inspects)]
@@ -429,6 +436,25 @@ class DockerSource:
             published = _derive(provisional, self._settings, _owner_of(provisional, self._inspects))
             self._table.replace(cid, published.records)
         log.debug("early: %s %s on %s", cid[:SHORT_ID], _name(base), name)
+
+    def _publish_health(self, cid: str, status: str) -> None:
+        """Rule 8: serve the health an event reports at once; the inspect that follows confirms it."""
+        if status not in ("healthy", "unhealthy", "starting"):
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            inspect = self._inspects.get(cid)
+            if inspect is None:
+                return
+            old_state = inspect.get("State")
+            old_state = old_state if isinstance(old_state, Mapping) else {}
+            old_health = old_state.get("Health")
+            old_health = old_health if isinstance(old_health, Mapping) else {}
+            reported = {**inspect, "State": {**old_state, "Health": {**old_health, "Status": status}}}
+            owner_ref = netns_owner_id(reported)
+            owner = _find(owner_ref, self._inspects) if owner_ref is not None else None
+            self._table.replace(cid, _derive(reported, self._settings, owner).records)
 
     # -- state, under self._lock ----------------------------------------------
 
