@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent checks of dockerdns: DNSViz, ISC's genreport, and unbound and dnsmasq in front of it.
+"""Independent checks of dockerdns: DNSViz, ISC's genreport, and unbound, dnsmasq and Knot Resolver in front of it.
 
 Everything runs inside a network namespace of its own that holds nothing but
 loopback (the script re-runs itself under `unshare --net` and brings `lo`
@@ -39,21 +39,25 @@ reached through its unix socket. In that namespace:
   zone `example.test.`, all pointing at dockerdns through a recording
   relay; `use-caps-for-id: yes` (0x20), `local-zone: "." refuse` (nothing
   else is resolved) and the default qname minimisation. **dnsmasq**:
-  `--no-resolv --server=/ZONE/127.0.0.1` for the same zones. The same cases
-  (the single labels aside) through each; verdict: every difference from
-  the direct answer in rcode, records (TTLs aside) or SOA on negatives.
-  **unbound 0x20**: whether every question unbound sent in mixed case came
-  back byte for byte (the relay's log, relay.log, lists each exchange).
+  `--no-resolv --server=/ZONE/127.0.0.1` for the same zones. **kresd**
+  (Knot Resolver, skipped when not installed): `policy.STUB` for the stub
+  zones, `policy.FORWARD` for `example.test.`, through a relay of its own,
+  everything else REFUSE. The same cases (the single labels aside) through
+  each; verdict: every difference from the direct answer in rcode, records
+  or SOA on negatives; a TTL the resolver raised is noted, not failed.
+  **unbound 0x20**, **kresd 0x20**: whether every question the resolver
+  sent (in mixed case) came back byte for byte (its relay's log,
+  RESOLVER-relay.log, lists each exchange).
 
 Run it as root on the host (it needs `unshare`, and dockerd already running:
 `python3 tests/dockerd.py ensure`):
 
-    python3 bench/verify.py [--genreport PATH] [--only dnsviz,genreport,direct,unbound,dnsmasq]
+    python3 bench/verify.py [--genreport PATH] [--only dnsviz,genreport,direct,unbound,dnsmasq,kresd]
                             [--dockerdns-path DIR] [--keep]
 
 Needs: `pip install dnsviz` (its pygraphviz dependency builds against
 Debian's `libgraphviz-dev`; only `probe` and `grok` are used), and Debian's
-`unbound` and `dnsmasq`. genreport is not installed or built by this
+`unbound` and `dnsmasq`; `knot-resolver` optional. genreport is not installed or built by this
 project: build it yourself from ISC's DNS Compliance Testing sources and pass
 the binary. `--dockerdns-path` checks another source tree (its dockerdns
 and its conf/dockerdns.yaml), for instance an older commit from `git
@@ -95,9 +99,10 @@ import dockerd  # noqa: E402
 from dnsstub import StubUpstream  # noqa: E402
 
 INSIDE = "DOCKERDNS_VERIFY_NETNS"  # set in the re-run inside the private network namespace
-CHECKS = ("dnsviz", "genreport", "direct", "unbound", "dnsmasq")
+CHECKS = ("dnsviz", "genreport", "direct", "unbound", "dnsmasq", "kresd")
 SERVER = "127.0.0.1"  # dockerdns, on port 53 of the private namespace
-UNBOUND_PORT, UNBOUND_TCP_PORT, DNSMASQ_PORT, RELAY_PORT = 5301, 5303, 5302, 5353
+UNBOUND_PORT, DNSMASQ_PORT, UNBOUND_TCP_PORT, KRESD_PORT = 5301, 5302, 5303, 5304
+UNBOUND_RELAY_PORT, KRESD_RELAY_PORT = 5353, 5354  # the recording relays in front of dockerdns
 START_SECONDS = 20  # for dockerdns, unbound and dnsmasq to answer their first query
 QUERY_SECONDS = 4.0  # one query through a resolver (unbound retries a silent server within this)
 TOOL_SECONDS = 300  # one DNSViz or genreport run
@@ -116,7 +121,8 @@ example.test. 60 IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 864
 example.test. 60 IN NS ns.example.test.
 db.example.test. 60 IN A 192.0.2.10
 """
-DNSVIZ_NAMES = ["docker", "gateway.docker", "info.docker", "_http._tcp.web.docker", "dangle.docker"]
+DNSVIZ_NAMES = ["docker", "gateway.docker", "info.docker", "_http._tcp.web.docker", "_tcp.web.docker", "dangle.docker",
+                "many.docker"]
 
 # What each genreport result other than `ok` means (genreport.c's tags; rcode names are the rcode received).
 GENREPORT_TAGS = {
@@ -419,6 +425,7 @@ class Outcome:
     soa: bool  # an SOA in the authority section
     question: str  # the question name exactly as echoed
     aa: bool
+    ttl: int | None  # the smallest TTL in the answer section
 
     def text(self) -> str:
         records = "; ".join(self.answer) or "no records"
@@ -437,7 +444,9 @@ def ask(port: int, case: Case) -> Outcome | str:
                     for rrset in reply.answer for rd in rrset)
     soa = any(rrset.rdtype == dns.rdatatype.SOA for rrset in reply.authority)
     question = reply.question[0].name.to_text() if reply.question else ""
-    return Outcome(dns.rcode.to_text(reply.rcode()), tuple(answer), soa, question, bool(reply.flags & dns.flags.AA))
+    ttl = min((rrset.ttl for rrset in reply.answer), default=None)
+    return Outcome(dns.rcode.to_text(reply.rcode()), tuple(answer), soa, question, bool(reply.flags & dns.flags.AA),
+                   ttl)
 
 
 def concrete(case: Case, web: str) -> Case:
@@ -486,16 +495,17 @@ class Exchange:
 
 
 class Relay:
-    """A UDP and TCP relay from 127.0.0.1:RELAY_PORT to dockerdns that records each question's case both ways."""
+    """A UDP and TCP relay from 127.0.0.1:`port` to dockerdns that records each question's case both ways."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.seen: list[Exchange] = []
         self._lock = threading.Lock()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((SERVER, RELAY_PORT))
+        self.udp.bind((SERVER, port))
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((SERVER, RELAY_PORT))
+        self.tcp.bind((SERVER, port))
         self.tcp.listen(16)
         for target in (self._udp, self._tcp):
             threading.Thread(target=target, daemon=True).start()
@@ -621,7 +631,7 @@ def resolver_zones(web: str | None) -> list[tuple[str, str]]:
 
 def start_unbound(work: str, name: str, port: int, tcp: bool, zones: list[tuple[str, str]]) -> subprocess.Popen[bytes]:
     conf = os.path.join(work, f"{name}.conf")
-    text = "".join(UNBOUND_ZONE.format(zone=zone, kind=kind, relay=RELAY_PORT) for zone, kind in zones)
+    text = "".join(UNBOUND_ZONE.format(zone=zone, kind=kind, relay=UNBOUND_RELAY_PORT) for zone, kind in zones)
     with open(conf, "w") as f:
         f.write(UNBOUND_CONF.format(port=port, work=work, name=name, tcp="yes" if tcp else "no", zones=text))
     checked = subprocess.run(["unbound-checkconf", conf], capture_output=True, text=True)
@@ -640,6 +650,30 @@ def start_dnsmasq(work: str, zones: list[tuple[str, str]]) -> subprocess.Popen[b
          f"--pid-file={work}/dnsmasq.pid", f"--log-facility={work}/dnsmasq.log", "--log-queries", *servers],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for("dnsmasq", lambda: answers(DNSMASQ_PORT), proc)
+    return proc
+
+
+KRESD_CONF = """-- written by bench/verify.py
+net.listen('127.0.0.1', {port}, {{ kind = 'dns' }})
+trust_anchors.remove('.')  -- nothing here is signed, and there is no root to refresh the key from
+cache.open(10 * MB, 'lmdb://{work}/kresd-cache')
+{zones}policy.add(policy.all(policy.REFUSE))  -- nothing else is resolved
+"""
+KRESD_ZONE = "policy.add(policy.suffix(policy.{kind}({{'127.0.0.1@{relay}'}}), {{todname('{zone}')}}))\n"
+
+
+def start_kresd(work: str, zones: list[tuple[str, str]]) -> subprocess.Popen[bytes]:
+    """Knot Resolver with dockerdns's zones as STUB (stub zones) or FORWARD (forward zones) targets."""
+    rundir = os.path.join(work, "kresd")
+    os.makedirs(rundir)
+    text = "".join(KRESD_ZONE.format(kind=kind.upper(), relay=KRESD_RELAY_PORT, zone=zone) for zone, kind in zones)
+    conf = os.path.join(work, "kresd.conf")
+    with open(conf, "w") as f:
+        f.write(KRESD_CONF.format(port=KRESD_PORT, work=work, zones=text))
+    log = open(os.path.join(work, "kresd.log"), "wb")
+    proc = subprocess.Popen(["kresd", "-n", "-c", conf, rundir], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT)
+    wait_for("kresd", lambda: answers(KRESD_PORT), proc)
     return proc
 
 
@@ -662,7 +696,8 @@ def run_cases(web: str | None) -> tuple[list[Case], dict[Case, Outcome | str], V
 
 
 def compare(resolver: str, port: int, cases: list[Case], direct: dict[Case, Outcome | str]) -> Verdict:
-    differences = []
+    """Each case through the resolver on `port` against dockerdns's direct answer; longer TTLs are noted only."""
+    differences, raised = [], []
     cases = [case for case in cases if not case.direct_only]
     for case in cases:
         mine, theirs = direct[case], ask(port, case)
@@ -673,21 +708,26 @@ def compare(resolver: str, port: int, cases: list[Case], direct: dict[Case, Outc
         if (theirs.rcode, theirs.answer, theirs.soa) != (mine.rcode, mine.answer, mine.soa):
             differences.append(f"{case.qname} {case.qtype} ({case.why}): direct {mine.text()}; "
                                f"{resolver} {theirs.text()}")
+        elif theirs.ttl is not None and mine.ttl is not None and theirs.ttl > mine.ttl:
+            raised.append(f"{case.qname} {case.qtype} TTL {mine.ttl} -> {theirs.ttl}")
     summary = (f"{len(cases) - len(differences)} of {len(cases)} cases answered as dockerdns answers them directly"
                " (rcode, records, SOA on negatives)")
-    return Verdict(resolver, not differences, summary, differences)
+    notes = [f"note: the resolver raised TTLs (its minimum cache TTL): {', '.join(raised)}"] if raised else []
+    return Verdict(resolver, not differences, summary, differences + notes)
 
 
-def caps_verdict(relay: Relay, work: str) -> Verdict:
+def caps_verdict(resolver: str, relay: Relay, work: str) -> Verdict:
+    """Whether dockerdns echoed the question byte for byte to every query `resolver` sent through `relay`."""
     with relay._lock:
         seen = list(relay.seen)
-    with open(os.path.join(work, "relay.log"), "w") as f:
+    with open(os.path.join(work, f"{resolver}-relay.log"), "w") as f:
         f.writelines(x.line() + "\n" for x in seen)
     mixed = [x for x in seen if x.sent != x.sent.lower() and x.sent != x.sent.upper()]
     wrong = [f"sent {x.sent}, echoed {x.echoed}" for x in seen if x.sent != x.echoed]
     if not mixed:
-        return Verdict("unbound 0x20", False, f"none of unbound's {len(seen)} queries had mixed case: 0x20 untested")
-    return Verdict("unbound 0x20", not wrong, f"{len(mixed)} of {len(seen)} queries from unbound in mixed case; "
+        return Verdict(f"{resolver} 0x20", not wrong, f"none of {resolver}'s {len(seen)} queries had mixed case "
+                       "(it does not use 0x20 here); every question echoed exactly" if not wrong else "", wrong)
+    return Verdict(f"{resolver} 0x20", not wrong, f"{len(mixed)} of {len(seen)} queries from {resolver} in mixed case; "
                    f"{len(seen) - len(wrong)} echoed byte for byte", wrong)
 
 
@@ -726,7 +766,7 @@ def main(argv: list[str]) -> int:
     stub = StubUpstream(zone=UPSTREAM_ZONE, host=SERVER)
     procs: list[subprocess.Popen[bytes]] = []
     container = None
-    relay: Relay | None = None
+    relays: list[Relay] = []
     verdicts: list[Verdict] = []
     try:
         tree = os.path.abspath(args.dockerdns_path)
@@ -746,18 +786,25 @@ def main(argv: list[str]) -> int:
         if "genreport" in only:
             record(check_genreport(args.genreport) if args.genreport
                    else Verdict("genreport", None, "no --genreport PATH given"))
-        if only & {"direct", "unbound", "dnsmasq"}:  # the resolvers are compared with the direct answers
+        if only & {"direct", "unbound", "dnsmasq", "kresd"}:  # the resolvers are compared with the direct answers
             cases, direct, verdict = run_cases(address)
             record(verdict)
             zones = resolver_zones(address)
             if "unbound" in only and shutil.which("unbound") is None:
                 record(Verdict("unbound", None, "unbound is not installed (apt-get install unbound)"))
             elif "unbound" in only:
-                relay = Relay()
+                relays.append(Relay(UNBOUND_RELAY_PORT))
                 for name, port, tcp in (("unbound", UNBOUND_PORT, False), ("unbound-tcp", UNBOUND_TCP_PORT, True)):
                     procs.append(start_unbound(work, name, port, tcp, zones))
                     record(compare(name, port, cases, direct))
-                record(caps_verdict(relay, work))
+                record(caps_verdict("unbound", relays[-1], work))
+            if "kresd" in only and shutil.which("kresd") is None:
+                record(Verdict("kresd", None, "kresd is not installed (apt-get install knot-resolver)"))
+            elif "kresd" in only:
+                relays.append(Relay(KRESD_RELAY_PORT))
+                procs.append(start_kresd(work, zones))
+                record(compare("kresd", KRESD_PORT, cases, direct))
+                record(caps_verdict("kresd", relays[-1], work))
             if "dnsmasq" in only and shutil.which("dnsmasq") is None:
                 record(Verdict("dnsmasq", None, "dnsmasq is not installed (apt-get install dnsmasq)"))
             elif "dnsmasq" in only:
@@ -766,7 +813,7 @@ def main(argv: list[str]) -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
-        if relay is not None:
+        for relay in relays:
             relay.close()
         stub.close()
         if container is not None:
