@@ -22,10 +22,12 @@ Rule 5: source-aware answers (a client's own networks first) are built only
         shares one answer.
 Rule 7: a query seen before on the same snapshot skips the reading: what
         was read of it (its ready answer, flags, sizes) is remembered by its
-        bytes after the id, in the snapshot (`Snapshot.queries`), for plain
+        bytes after the id, its name in lower case (its question is still
+        echoed as asked), in the snapshot (`Snapshot.queries`), for plain
         queries only: at most `MAX_FAST_QUERY` bytes, no EDNS option but a
         cookie, and an answer that does not depend on the client's
-        networks. At most `MAX_REMEMBERED` queries; past it, the memo starts
+        networks and is not NXDOMAIN (random names would only push out
+        the names that exist). At most `MAX_REMEMBERED` queries; past it, the memo starts
         over. Rotation still turns per answer.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
@@ -42,6 +44,8 @@ call `answer` at once.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import itertools
 import struct
 from collections.abc import Callable, Iterable
@@ -58,7 +62,7 @@ from .wire import pack
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
 MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
 MAX_VARIANTS = 64  # source-aware variants remembered per RRset
-MAX_REMEMBERED = 8192  # queries remembered per snapshot (Rule 7)
+MAX_REMEMBERED = 32768  # queries remembered per snapshot (Rule 7): about 300 bytes each
 COOKIE = b"\x00\x0a"  # EDNS option code 10, RFC 7873
 CLASSIC_UDP_LIMIT = 512
 HEADER_LEN = 12
@@ -86,15 +90,15 @@ class Ready:
     def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
                  chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
         self.flags = flags  # QR, AA and the rcode; RD and RA are added per query
-        self.counts = struct.pack("!HHHH", 1, an, ns, ar)
-        self.counts_opt = struct.pack("!HHHH", 1, an, ns, ar + 1)
+        self.counts = _counts(an, ns, ar)
+        self.counts_opt = _counts(an, ns, ar + 1)
         self.bodies = bodies  # one per rotation (Rule 4); empty when `chunks` are joined instead
         self.chunks = chunks  # the rotating records, for RRsets longer than PREBUILT_ROTATIONS
         self.head, self.tail = head, tail  # what comes before and after the chunks
         self.size = len(bodies[0]) if bodies else len(head) + sum(map(len, chunks)) + len(tail)
-        self.turns = itertools.count()
+        self.turns = itertools.count() if len(bodies) != 1 else None  # only what rotates needs a counter
         self.networks: frozenset[str] = frozenset()  # non-empty: source-aware (Rule 5)
-        self.variants: dict[frozenset[str], Ready] = {}
+        self.variants: dict[frozenset[str], Ready] | None = None
         self.found: Resolution | None = None  # what it was built from, for source-aware variants
         self.short: Ready | None = None  # the same without its additional records (RFC 2181 section 9)
         self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
@@ -103,11 +107,24 @@ class Ready:
         bodies = self.bodies
         if len(bodies) == 1:
             return bodies[0]
+        turn = next(self.turns)  # type: ignore[arg-type]  # set whenever there is more than one body
         if bodies:
-            return bodies[next(self.turns) % len(bodies)]
+            return bodies[turn % len(bodies)]
         chunks = self.chunks
-        k = next(self.turns) % len(chunks)
+        k = turn % len(chunks)
         return b"".join((self.head, *chunks[k:], *chunks[:k], self.tail))
+
+
+@functools.lru_cache(maxsize=4096)
+def _heads(flags: int, counts: bytes) -> tuple[bytes, bytes]:
+    """The header after the id, without RA and with it: shared by every remembered query that has it."""
+    return _H(flags) + counts, _H(flags | 0x80) + counts
+
+
+@functools.lru_cache(maxsize=1024)
+def _counts(an: int, ns: int, ar: int) -> bytes:
+    """QDCOUNT 1 and the other counts on the wire; shared, as most answers have the same few."""
+    return struct.pack("!HHHH", 1, an, ns, ar)
 
 
 class Entry:
@@ -183,17 +200,29 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
     authority = [soa_rr(snapshot)] if found.soa and snapshot is not None else []
     later_soa = found.soa and snapshot is None
     flags = QR | (AA if found.authoritative else 0) | found.rcode
-    question = DNSQuestion(name, qtype)
     glue = [rec for step in found.additional
             for rec in (_near(step.records, near) if near is not None and step.rotates else step.records)]
     additional = [RR(rec.name, getattr(QTYPE, rec.rtype), ttl=rec.ttl, rdata=rdata(rec.rtype, rec.value))
                   for rec in glue]
     rotating = next((i for i, step in enumerate(found.answer) if step.rotates), -1)
     counts = (len(authority) + later_soa, len(additional))
-    if rotating < 0:
+    if len(found.answer) == 1 and not authority and not additional and found.answer[0].rtype in ADDRESSES:
+        # The commonest answer, packed without dnslib (which takes ~50 µs a message): each record is
+        # the pointer to the question, type, class, TTL and address (wire.py Rule 3), as dnslib packs it.
+        step = found.answer[0]
+        rows = list(step.records) if near is None or rotating < 0 else _near(step.records, near)
+        chunks = tuple(_address_rr(rec) for rec in rows)
+        if len(chunks) <= PREBUILT_ROTATIONS:
+            built = Ready(flags, len(rows), *counts,
+                          tuple(b"".join(chunks[k:] + chunks[:k]) for k in range(len(chunks))) or (b"",))
+        else:
+            built = Ready(flags, len(rows), *counts, (), chunks)
+    elif rotating < 0:
+        question = DNSQuestion(name, qtype)
         body, _ = _pack_steps(question, found, -1, [], authority, additional)
         built = Ready(flags, len(_records(found)), *counts, (body,))
     else:
+        question = DNSQuestion(name, qtype)
         records = found.answer[rotating].records
         rows = list(records) if near is None else _near(records, near)
         count = len(_records(found)) - len(records) + len(rows)
@@ -216,6 +245,16 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
         built.networks = frozenset(net for net in spanned if net is not None)
         built.found = found
     return built
+
+
+ADDRESSES = {"A": (1, 4), "AAAA": (28, 16)}  # type code, address length
+
+
+def _address_rr(rec: Record) -> bytes:
+    """An A or AAAA record owned by the question's name, on the wire."""
+    code, size = ADDRESSES[rec.rtype]
+    packed = bytes(map(int, rec.value.split("."))) if code == 1 else ipaddress.ip_address(rec.value).packed
+    return b"\xc0\x0c" + struct.pack("!HHIH", code, 1, rec.ttl, size) + packed
 
 
 def _near(records: Iterable[Record], near: frozenset[str]) -> list[Record]:
@@ -259,13 +298,13 @@ def _pack_records(answer: list[RR], authority: list[RR], question: DNSQuestion |
 
 def variant(base: Ready, near: frozenset[str]) -> Ready:
     """`base` for a client whose networks among the RRset's are `near`, built on first use (Rule 5)."""
-    found = base.variants.get(near)
+    found = base.variants.get(near) if base.variants is not None else None
     if found is None:
         assert base.found is not None
         built = ready(base.found.answer[0].owner, QTYPE.A, base.found, near)
         assert built is not None
         variants = base.variants
-        if len(variants) >= MAX_VARIANTS:
+        if variants is None or len(variants) >= MAX_VARIANTS:
             variants = base.variants = {}  # replaced whole: readers in other threads keep theirs
         variants[near] = found = built
     return found
@@ -319,7 +358,11 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     reads what `question` reads, inline.
     """
     ready_: Ready
-    remembered = snapshot.queries.get(data[2:])
+    # Rule 7: the query's bytes after the id, its name folded to lower case, so that 0x20 clients
+    # (a random letter case on every query) find what was read before too. Nothing else is folded.
+    cut = data.find(0, HEADER_LEN)
+    seen = data[2:HEADER_LEN] + data[HEADER_LEN:cut].lower() + data[cut:]
+    remembered = snapshot.queries.get(seen)
     if remembered is not None:
         ready_, heads, size, qend, opt, udp_limit, soa = remembered
         if size <= (udp_limit if limit is None else limit):
@@ -361,7 +404,8 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         if entry is not None:
             found = entry.types.get(qtype, entry.other)
         else:
-            labels = _labels(key)
+            zone = snapshot.zone_wire
+            labels = _labels(key, len(key) - len(zone) if key.endswith(zone) else -1)
             if labels is None:
                 return None  # malformed: the full resolver answers FORMERR
             if labels == 1:
@@ -377,7 +421,7 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
                 elif isinstance(found, Ready) and found.soa:
                     return None  # a chain that ends negative: without the SOA here (the full resolver)
                 aa = 0
-            elif _in_zone(key, snapshot.zone_wire):
+            elif labels < 0:  # in the zone (a label boundary where the zone starts), and not held
                 found = snapshot.nxdomain
                 if snapshot.wildcards:
                     source = _wildcard(key, snapshot)
@@ -396,13 +440,12 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         ready_ = found
         flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
         soa = snapshot.nodata.bodies[0] if ready_.soa else b""
-        if plain and not ready_.networks:
+        if plain and not ready_.networks and ready_ is not snapshot.nxdomain:  # a flood of new names: not kept
             memo = snapshot.queries
             if len(memo) >= MAX_REMEMBERED:
                 memo.clear()  # Rule 7: a stranger's variety costs a re-reading, never memory
-            counts = ready_.counts_opt if opt else ready_.counts
-            heads = (_H(flags) + counts, _H(flags | 0x80) + counts)
-            memo[data[2:]] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
+            heads = _heads(flags, ready_.counts_opt if opt else ready_.counts)
+            memo[seen] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
         if ready_.networks:
             networks = snapshot.networks_of(client)
             if networks:
@@ -433,16 +476,26 @@ def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, bod
     return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body(), opt))
 
 
-def _labels(key: bytes) -> int | None:
-    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed."""
+def _labels(key: bytes, zone_at: int) -> int | None:
+    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed.
+
+    Negative (minus the count) when a label starts at `zone_at`: the name is
+    the zone or below it. One walk for both, as this runs for every name the
+    index does not hold.
+    """
     pos, count, last = 0, 0, len(key) - 1
+    below = False
     while pos < last:
+        if pos == zone_at:
+            below = True
         length = key[pos]
         if length > 63:
             return None  # a pointer, or a reserved label type: the full resolver decides
         pos += length + 1
         count += 1
-    return count if pos == last and len(key) <= 255 else None
+    if pos != last or len(key) > 255:
+        return None
+    return -count if below else count
 
 
 def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
@@ -455,14 +508,3 @@ def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
             return index.get(b"\x01*" + ancestor)
         pos += key[pos] + 1
     return None
-
-
-def _in_zone(key: bytes, zone: bytes) -> bool:
-    """True when the wire name `key` (valid, lower-case) is `zone` or below it, on a label boundary."""
-    if not key.endswith(zone):
-        return False
-    cut = len(key) - len(zone)
-    pos = 0
-    while pos < cut:
-        pos += key[pos] + 1
-    return pos == cut

@@ -1,16 +1,18 @@
 """Wires Settings into the parts: bind, start, reload, stop.
 
-Data flows one way: the docker source and the static records fill the
-table; the responder reads it; the servers carry bytes. Nothing here
-answers queries or talks DNS.
+Data flows one way: the docker source, the Swarm source and the static
+records fill the table; the responder reads it; the servers carry bytes.
+Nothing here answers queries or talks DNS.
 
 Thread-safety: `start`, `reload` and `stop` are called from one thread (the
 main one); `_on_gateway` comes from the docker source's thread and takes
-the lock that guards the server list.
+the lock that guards the server list; `_on_swarm_active` comes from the
+Swarm source's thread and only hands the docker source new settings.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -19,6 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TextIO
 
 from .cache import UpstreamCache
@@ -29,6 +32,7 @@ from .records import STATIC, Record, zone_name
 from .resolver import Policy
 from .responder import Responder
 from .rrl import LOOPBACK, RateLimit
+from .settings import SWARM_OFF
 from .servers import BindError, TcpServer, UdpServer, bind
 from .stats import Stats
 from .status import StatusServer, View
@@ -36,6 +40,7 @@ from .table import SERVER, RecordTable
 
 log = logging.getLogger("dockerdns")
 
+FREEZE_RECORDS = 10_000  # static records from which the loaded state is frozen for the collector
 PORT_ATTEMPTS = 20  # tries at one free port for UDP and TCP alike, when asked for port 0
 
 
@@ -71,19 +76,52 @@ class App:
         self._bridge: dict[int, tuple[str, list[UdpServer | TcpServer]]] = {}  # port -> (gateway, servers)
         self._lock = threading.Lock()
         self.source: Any = None
+        self.swarm: Any = None  # the SwarmSource, while Swarm names are not off
         if docker:
             from .docker_source import DockerSource
 
-            self.source = DockerSource(settings, self.table, on_gateway=self._on_gateway)
+            self.swarm = self._swarm_source(settings)
+            self.source = DockerSource(self._docker_settings(settings), self.table, on_gateway=self._on_gateway)
             self.source.on_propagation = self.stats.propagation.observe
         self._watcher = watch_changes(self.table, self.source)
         self.changes: Changes = self._watcher.changes
+
+    # -- Swarm ----------------------------------------------------------------
+
+    def _swarm_source(self, settings: Settings) -> Any:
+        """A SwarmSource for `settings`, or None when Swarm names are off."""
+        if not settings.swarm.enabled:
+            return None
+        from .swarm_source import SwarmSource
+
+        return SwarmSource(settings, self.table, on_active=self._on_swarm_active)
+
+    def _docker_settings(self, settings: Settings) -> Settings:
+        """The settings of the docker source: Swarm off for it while no Swarm source serves names.
+
+        Task containers are named by the Swarm rules while those are on (naming.SWARM_TASK); in
+        auto mode that is known only once the engine has said whether it is a manager.
+        """
+        if self.swarm is None or self.swarm.active is not False:
+            return settings
+        return replace(settings, swarm=replace(settings.swarm, url=SWARM_OFF))
+
+    def _on_swarm_active(self, active: bool) -> None:
+        """The Swarm source found the engine (auto mode) to be a manager, or not: re-derive the containers."""
+        if self.source is not None:
+            self.source.update_settings(self._docker_settings(self.settings))
 
     def _forwarder_for(self, settings: Settings) -> Forwarder | None:
         return self.forwarder if settings.forward.enabled else None
 
     def start(self) -> None:
         """Bind every listen address (UDP and TCP), then start serving; StartError if any fails."""
+        if self.table.snapshot.record_count >= FREEZE_RECORDS:
+            # What is loaded by now (the config, its static records and their ready answers)
+            # lives as long as the process: out of the cyclic collector's sight, a large table
+            # costs no full-collection pauses later, while queries wait on the GIL.
+            gc.collect()
+            gc.freeze()
         try:
             for address in self.settings.listen:
                 if address.host != BRIDGE:
@@ -105,6 +143,8 @@ class App:
         self._watcher.start()
         if self.source is not None:
             self.source.start()
+        if self.swarm is not None:
+            self.swarm.start()
 
     def _bind_pair(self, address: Address) -> list[UdpServer | TcpServer]:
         """UDP and TCP on one address; port 0 gets one port free for both."""
@@ -120,8 +160,14 @@ class App:
                 if attempt == attempts:
                     raise
                 continue
-            return [UdpServer(udp, self.responder, rate_limit=self.rate_limit), TcpServer(tcp, self.responder)]
+            # Reserved TCP slots go to clients the table knows: running containers (servers.py Rule 2).
+            known = self._known_client
+            return [UdpServer(udp, self.responder, rate_limit=self.rate_limit),
+                    TcpServer(tcp, self.responder, known=known)]
         raise AssertionError("not reached: the last attempt raises")
+
+    def _known_client(self, client: str) -> bool:
+        return client in self.table.snapshot.hosts
 
     def _bind_status(self, address: Address) -> StatusServer:
         view = View(
@@ -157,6 +203,9 @@ class App:
             "records": snapshot.record_count,
             "forwarding": self.settings.forward.enabled,
             "upstreams": [str(a) for a in self.forwarder.upstreams],
+            # Not a problem when out of sync: the last known Swarm names are served (DESIGN.md, "Docker Swarm").
+            "swarm": "off" if self.swarm is None or self.swarm.active is False
+            else "in sync" if self.swarm.in_sync else "not in sync",
         }
         if problems:
             details["reason"] = "; ".join(problems)
@@ -204,8 +253,21 @@ class App:
                 if isinstance(server, UdpServer):
                     server.rate_limit = self.rate_limit
         if self.source is not None:
-            self.source.update_settings(settings)
+            self._reload_swarm(previous, settings)
+            self.source.update_settings(self._docker_settings(settings))
         log.info("reloaded %s: %d static records", settings.config_file or "settings", len(settings.records))
+
+    def _reload_swarm(self, previous: Settings, settings: Settings) -> None:
+        """New Swarm settings: a new url (or off) starts over; anything else re-derives the names."""
+        if settings.swarm.url == previous.swarm.url and self.swarm is not None:
+            self.swarm.update_settings(settings)
+            return
+        if self.swarm is not None:
+            self.swarm.stop()
+            self.swarm.remove_all()
+        self.swarm = self._swarm_source(settings)
+        if self.swarm is not None:
+            self.swarm.start()
 
     def _update_policy(self, locked: bool = False) -> None:
         """The resolver's policy from the settings, and `ns.<zone>`'s addresses: those now bound."""
@@ -235,6 +297,8 @@ class App:
         return sorted({s.address for s in self._all_servers()}, key=str)
 
     def stop(self) -> None:
+        if self.swarm is not None:
+            self.swarm.stop()
         if self.source is not None:
             self.source.stop()
         self._watcher.stop()
@@ -256,11 +320,68 @@ class App:
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
+class _Reloader:
+    """Reads the config on its own thread when asked (SIGHUP), and applies it.
+
+    The signal loop only asks: a config path that blocks (a FIFO, a hung
+    network file system) holds up this thread and nothing else, so SIGTERM
+    is always taken. SIGHUPs that come while a read is under way fold into
+    one more read after it. Once stopped, a read that finally returns is
+    dropped, never applied to a stopped App.
+    """
+
+    def __init__(self, app: App, load: Callable[[], Settings]):
+        self._app = app
+        self._load = load
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()  # app.reload against app.stop
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="dockerdns-reload", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """Stop; returns at once, whatever a read is doing (the thread is a daemon)."""
+        with self._lock:
+            self._stopped = True
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopped:
+                return
+            try:
+                settings = self._load()
+            except ConfigError as err:
+                for problem in err.problems:
+                    log.error("reload: %s", problem)
+                log.error("reload: kept the previous settings")
+                continue
+            except Exception as err:  # whatever reading the file did: the server keeps running
+                log.error("reload: cannot load the settings (%s: %s); kept the previous settings",
+                          type(err).__name__, err)
+                continue
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    self._app.reload(settings)
+                except Exception:  # a bug; the server keeps running on what it has
+                    log.exception("reload: failed; the server goes on with what it had")
+
+
 def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; `load` reads the config again on SIGHUP.
 
     `settings` are the ones already loaded, if any. Returns 0 on a clean
-    stop; raises StartError when a socket cannot be bound.
+    stop; raises StartError when a socket cannot be bound. The config is
+    read again on a thread of its own (_Reloader), never on this one.
     """
     if settings is None:
         settings = load()
@@ -269,19 +390,17 @@ def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGHUP})
     app = App(settings)
     app.start()
+    reloader = _Reloader(app, load)
+    reloader.start()
     try:
         while True:
             signum = signal.sigwait(STOP_SIGNALS | {signal.SIGHUP})
             if signum in STOP_SIGNALS:
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 break
-            try:
-                app.reload(load())
-            except ConfigError as err:
-                for problem in err.problems:
-                    log.error("reload: %s", problem)
-                log.error("reload: kept the previous settings")
+            reloader.request()
     finally:
+        reloader.stop()
         app.stop()
     return 0
 
@@ -295,15 +414,26 @@ def watch_changes(table: RecordTable, source: Any) -> ChangeWatcher:
 
 
 def records_of(settings: Settings) -> list[Record]:
-    """The records `serve` would publish now: static ones and a one-off read of Docker.
+    """The records `serve` would publish now: static ones and a one-off read of Docker (and of the Swarm).
 
-    Raises docker_source.DockerUnavailable when Docker cannot be reached.
+    Raises docker_source.DockerUnavailable when Docker cannot be reached; a
+    Swarm manager that cannot be read is one warning, and no Swarm names.
     """
     from .docker_source import read_once
+    from .swarm_source import SwarmUnavailable
+    from .swarm_source import read_once as read_swarm
 
+    try:
+        swarm_on, services = read_swarm(settings)
+    except SwarmUnavailable as err:
+        if settings.swarm.url is not None:  # in auto mode, the engine is Docker's: read_once says what is wrong
+            log.warning("%s; no Swarm names", err)
+        swarm_on, services = settings.swarm.url not in (None, SWARM_OFF), {}
+    if not swarm_on:
+        settings = replace(settings, swarm=replace(settings.swarm, url=SWARM_OFF))
     table = RecordTable(settings.domain)
     table.replace(STATIC, settings.records)
-    table.replace_all(read_once(settings))
+    table.replace_all({**read_once(settings), **services})
     return table.snapshot.records()
 
 
@@ -345,15 +475,20 @@ def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
     unreachable is not fatal here either: the source warns and retries.
     """
     from .docker_source import DockerSource
+    from .swarm_source import SwarmSource
 
     table = RecordTable(settings.domain)
     table.replace(STATIC, settings.records)
     source = DockerSource(settings, table)
+    swarm_off = replace(settings, swarm=replace(settings.swarm, url=SWARM_OFF))
+    swarm = SwarmSource(settings, table, on_active=lambda on: source.update_settings(settings if on else swarm_off))
     watcher = watch_changes(table, source)
     seen: queue.Queue[Change] = queue.Queue()
     watcher.changes.subscribe(seen.put)
     watcher.start()
     source.start()
+    if settings.swarm.enabled:
+        swarm.start()
     stop = stop or threading.Event()
     try:
         while not stop.is_set():
@@ -365,6 +500,7 @@ def watch_records(settings: Settings, as_json: bool, out: TextIO = sys.stdout,
                 _print_change(seen.get_nowait(), as_json, out)
             out.flush()
     finally:
+        swarm.stop()
         source.stop()
         watcher.stop()
     return 0

@@ -198,3 +198,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
                 f"(default: {config.RateLimitSettings().slip})")
     option("--rate-limit-window", dest="rate_limit.window", metavar="SECONDS", default=suppress,
            help=f"seconds of credit a client network can save up (default: {config.RateLimitSettings().window})")
+    option("--swarm-url", dest="swarm.url", metavar="URL", default=suppress,
+           help="a Swarm manager's API, for the names of every service and task; off: no Swarm names "
+                "(default: the --docker-url engine, when it is a manager)")
+    option("--swarm-poll", dest="swarm.poll", metavar="SECONDS", default=suppress,
+           help=f"seconds between two reads of the Swarm's running tasks, at least {config.MIN_SWARM_POLL:g} "
+                f"(default: {config.SwarmSettings().poll:g})")

@@ -39,6 +39,7 @@ from .records import STATIC, STATIC_TYPES, InvalidName, Record, absolute, is_val
 from .settings import (  # noqa: F401 (re-exported: the settings types are part of this module's interface)
     BRIDGE, DEFAULT_ALLOW, DEFAULT_LISTEN, Address, DockerSettings, ForwardSettings, HttpSettings, IPNetwork,
     LogSettings, RateLimitSettings, Settings)
+from .settings import MIN_SWARM_POLL, SWARM_OFF, SwarmSettings
 
 
 class ConfigError(Exception):
@@ -67,6 +68,8 @@ FLAGS: Mapping[str, str] = {
     "rate_limit.responses_per_second": "--rate-limit",
     "rate_limit.slip": "--rate-limit-slip",
     "rate_limit.window": "--rate-limit-window",
+    "swarm.url": "--swarm-url",
+    "swarm.poll": "--swarm-poll",
 }
 CONFIG_FLAG = "config"  # the key of -c/--config in `flags`
 CONFIG_ENV = "DOCKERDNS_CONFIG"
@@ -81,6 +84,7 @@ MAX_TTL = 2**31 - 1  # RFC 2181 section 8: a TTL is an unsigned 31-bit number
 MAX_RATE = 1_000_000  # responses per second; beyond any one server
 MAX_SLIP = 10  # BIND's bound too
 MAX_WINDOW = 3600  # seconds; BIND's bound too
+MAX_SWARM_POLL = 3600  # seconds
 
 _RECORDS = "records"
 _RECORD_KEYS = ("name", "type", "value", "ttl")
@@ -460,6 +464,32 @@ def _string(value: object, where: _Where) -> str:
     return value.strip()
 
 
+def _seconds(lowest: float, highest: float) -> _Parse[float]:
+    """A parser of seconds from `lowest` to `highest`, fractions allowed; text is read as decimal."""
+
+    def parse(value: object, where: _Where) -> float:
+        expected = f"seconds from {lowest:g} to {highest:g}"
+        number: object = value
+        if where.text and isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise where.invalid(expected, value) from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise where.invalid(expected, value)
+        if not lowest <= number <= highest:  # NaN fails this too
+            raise where.invalid(expected, value)
+        return float(number)
+
+    return parse
+
+
+def _swarm_url(value: object, where: _Where) -> str:
+    """A manager's API URL, or "off"."""
+    url = _string(value, where)
+    return SWARM_OFF if url.lower() == SWARM_OFF else url
+
+
 def _domain(value: object, where: _Where) -> str:
     if not isinstance(value, str) or not is_valid_name(value.strip()):
         raise where.invalid("a DNS name", value)
@@ -649,10 +679,10 @@ def _record_name(domain: str) -> _Parse[str]:
     def parse(value: object, where: _Where) -> str:
         if isinstance(value, str):
             try:
-                return absolute(value, domain)
+                return absolute(value, domain, wildcard=True)  # `*.dev`: a wildcard (RFC 4592)
             except InvalidName:
                 pass
-        raise where.invalid("a DNS name", value)
+        raise where.invalid("a DNS name (`*` only as the whole first label)", value)
 
     return parse
 
@@ -738,6 +768,8 @@ def _build(
     rate = _resolve("rate_limit.responses_per_second", _integer(0, MAX_RATE), layers, problems)
     slip = _resolve("rate_limit.slip", _integer(0, MAX_SLIP), layers, problems)
     window = _resolve("rate_limit.window", _integer(1, MAX_WINDOW), layers, problems)
+    swarm_url = _resolve("swarm.url", _swarm_url, layers, problems)
+    swarm_poll = _resolve("swarm.poll", _seconds(MIN_SWARM_POLL, MAX_SWARM_POLL), layers, problems)
     static: tuple[Record, ...] = ()
     if records is not None:
         static = _collect(_static_records(domain, ttl), records, _Where(_RECORDS), problems) or ()
@@ -761,6 +793,7 @@ def _build(
             slip=_default(slip, _DEFAULTS.rate_limit.slip),
             window=_default(window, _DEFAULTS.rate_limit.window),
         ),
+        swarm=SwarmSettings(url=swarm_url, poll=_default(swarm_poll, _DEFAULTS.swarm.poll)),
         records=static,
     )
 

@@ -26,6 +26,11 @@ Rule 7: a stream can also hang without ending (a frozen engine, a proxy that
         in a row (once may be an event still on its way), the stream is
         closed, which counts as a lost connection: one warning, reconnect,
         full re-sync.
+Rule 8: one container's records never stop another's. Naming runs per
+        container inside its own guard (_derive): should it raise (a bug: it
+        promises not to), that container publishes nothing, one error line
+        names it, and every other container is published as usual; it is
+        never taken for a lost connection, so the table never freezes.
 Rule 6: a network `connect` comes ~250 ms before `docker start` returns,
         while the engine still holds the container's lock (an inspect would
         wait for the start to end). The network can be read at once: its
@@ -52,7 +57,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
 
 import docker
 import docker.errors
@@ -60,8 +66,10 @@ import requests.exceptions
 import urllib3.exceptions
 
 from .settings import Settings
-from .naming import LABEL_IGNORE, Published, netns_owner_id, records_for_container
-from .records import Record
+from .naming import (LABEL_IGNORE, Ignored, Outcome, Published, bridge_gateway, container_name, netns_owner_id,
+                     network_mode, networks, records_for_container, state)
+from .records import SERVER, STATIC, Record
+from .swarm import is_swarm_owner
 from .table import RecordTable
 
 log = logging.getLogger("dockerdns.docker")
@@ -111,6 +119,29 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 Inspect = dict[str, Any]
+#: Characters of an unexpected error quoted in the log line about it.
+ERROR_TEXT = 200
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Naming raised for this container (Rule 8): it publishes nothing; `error` is one line."""
+
+    error: str
+    records: ClassVar[tuple[Record, ...]] = ()
+    warnings: ClassVar[tuple[str, ...]] = ()
+
+
+Derived = Union[Outcome, Failed]
+
+
+def _derive(inspect: Mapping[str, Any], settings: Settings, owner: Mapping[str, Any] | None = None) -> Derived:
+    """records_for_container, inside the guard of Rule 8: whatever happens, one container's outcome."""
+    try:
+        return records_for_container(inspect, settings, owner)
+    except Exception as exc:
+        log.debug("naming %s raised", _name(inspect), exc_info=True)
+        return Failed(" ".join(f"{type(exc).__name__}: {exc}".split())[:ERROR_TEXT])
 
 
 class DockerUnavailable(Exception):
@@ -132,7 +163,10 @@ def read_once(settings: Settings) -> dict[str, tuple[Record, ...]]:
         client.close()
     result: dict[str, tuple[Record, ...]] = {}
     for cid, inspect in inspects.items():
-        published = records_for_container(inspect, settings, _owner_of(inspect, inspects))
+        published = _derive(inspect, settings, _owner_of(inspect, inspects))
+        if isinstance(published, Failed):
+            log.error("failed: %s %s: naming raised %s; nothing published for it", cid[:SHORT_ID], _name(inspect),
+                      published.error)
         for warning in published.warnings:
             log.warning("skipped: %s %s: %s", cid[:SHORT_ID], _name(inspect), warning)
         if published.records:
@@ -351,7 +385,7 @@ class DockerSource:
             if self._stopping.is_set():
                 return
             self._early.pop(cid, None)
-            if inspect is not None and _running(inspect):
+            if inspect is not None and state(inspect).listed:
                 self._remember(cid, inspect)
                 self._stopped.pop(cid, None)
             else:
@@ -364,7 +398,7 @@ class DockerSource:
             self._publish(cid, inspect, owner)
             if inspect is None:
                 self._noted.pop(cid, None)
-        gateway = _bridge_gateway(inspect) if inspect is not None and _running(inspect) else None
+        gateway = bridge_gateway(inspect) if inspect is not None and state(inspect).listed else None
         if gateway is not None:
             self._report_gateway(gateway)
 
@@ -380,7 +414,8 @@ class DockerSource:
             network = client.inspect_network(net_id)
         except docker.errors.NotFound:
             return
-        endpoint = (network.get("Containers") or {}).get(cid)
+        containers = network.get("Containers")
+        endpoint = containers.get(cid) if isinstance(containers, Mapping) else None
         name = network.get("Name")
         if not isinstance(endpoint, Mapping) or not isinstance(name, str):
             return
@@ -390,7 +425,7 @@ class DockerSource:
             connected = self._early.setdefault(cid, {})
             connected[name] = _endpoint_settings(base, name, net_id, endpoint)
             provisional = _as_running(base, connected, keep_others=running is not None)
-            published = records_for_container(provisional, self._settings, _owner_of(provisional, self._inspects))
+            published = _derive(provisional, self._settings, _owner_of(provisional, self._inspects))
             self._table.replace(cid, published.records)
         log.debug("early: %s %s on %s", cid[:SHORT_ID], _name(base), name)
 
@@ -415,23 +450,25 @@ class DockerSource:
         self._dependents = {}
         for cid, inspect in inspects.items():
             self._remember(cid, inspect)
-        published: dict[str, Published] = {
-            cid: records_for_container(inspect, self._settings, _owner_of(inspect, self._inspects))
+        published: dict[str, Derived] = {
+            cid: _derive(inspect, self._settings, _owner_of(inspect, self._inspects))
             for cid, inspect in self._inspects.items()
         }
         starting = {  # Rule 6: containers published early, still starting
-            cid: records_for_container(_as_running(self._stopped[cid], nets, keep_others=False), self._settings).records
+            cid: _derive(_as_running(self._stopped[cid], nets, keep_others=False), self._settings).records
             for cid, nets in self._early.items() if cid in self._stopped and cid not in published
         }
-        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}})
+        # Containers only: static records, dockerdns's own and the Swarm source's stay.
+        self._table.replace_all({**starting, **{cid: p.records for cid, p in published.items()}},
+                                keep=lambda owner: owner in (STATIC, SERVER) or is_swarm_owner(owner))
         for cid in list(self._published):
             if cid not in published:
                 self._log_change(cid, self._names.get(cid, "?"), None)
         for cid, p in published.items():
             self._log_change(cid, _name(self._inspects[cid]), p)
-        for state in (self._names, self._noted):
-            for cid in [c for c in state if c not in self._inspects]:
-                del state[cid]
+        for kept in (self._names, self._noted):
+            for cid in [c for c in kept if c not in self._inspects]:
+                del kept[cid]
 
     def _publish(self, cid: str, inspect: Inspect | None, owner: Inspect | None) -> None:
         """Derive one container's records and write them to the table."""
@@ -439,14 +476,19 @@ class DockerSource:
             published = None
             self._table.remove(cid)
         else:
-            published = records_for_container(inspect, self._settings, owner)
+            published = _derive(inspect, self._settings, owner)
             self._table.replace(cid, published.records)
         self._log_change(cid, _name(inspect) if inspect else self._names.get(cid, "?"), published)
-        if inspect is None or not _running(inspect):
+        if inspect is None or not state(inspect).listed:
             self._names.pop(cid, None)
 
-    def _log_change(self, cid: str, name: str, published: Published | None) -> None:
-        """One line per change, in the vocabulary added/updated/removed/ignored/skipped."""
+    def _log_change(self, cid: str, name: str, published: Derived | None) -> None:
+        """One line per change, in the vocabulary added/updated/removed/ignored/no addresses/skipped/failed.
+
+        "ignored" means the `dockerdns.ignore` label and nothing else; a
+        container that is not running (stopped, restarting) gets no line of
+        its own: "removed" says it when it had records.
+        """
         short = cid[:SHORT_ID]
         old = self._published.get(cid, ())
         new = published.records if published is not None else ()
@@ -464,16 +506,20 @@ class DockerSource:
             return
         noted = self._noted.setdefault(cid, set())
         inspect = self._inspects.get(cid)
-        if published.ignored and inspect is not None:
-            why = f"{LABEL_IGNORE}={_labels(inspect).get(LABEL_IGNORE, '')}"
+        if isinstance(published, Ignored):
+            why = f"{LABEL_IGNORE}={published.value}"
             if why not in noted:
                 noted.add(why)
                 log.info("ignored: %s %s: %s", short, name, why)
-        elif not new and inspect is not None:
-            why = f"no addresses (network mode {_network_mode(inspect)})"
+        elif isinstance(published, Failed):
+            if published.error not in noted:
+                noted.add(published.error)
+                log.error("failed: %s %s: naming raised %s; nothing published for it", short, name, published.error)
+        elif isinstance(published, Published) and not new and inspect is not None:
+            why = f"network mode {_network_mode(inspect)}"
             if why not in noted:
                 noted.add(why)
-                log.info("ignored: %s %s: %s", short, name, why)
+                log.info("no addresses: %s %s (%s)", short, name, why)
         for warning in published.warnings:
             if warning not in noted:
                 noted.add(warning)
@@ -495,7 +541,7 @@ class DockerSource:
         configs = (network.get("IPAM") or {}).get("Config") or []
         config = configs[0] if configs and isinstance(configs[0], Mapping) else {}
         with self._lock:
-            gateway = config.get("Gateway") or next(filter(None, map(_bridge_gateway, self._inspects.values())), None)
+            gateway = config.get("Gateway") or next(filter(None, map(bridge_gateway, self._inspects.values())), None)
         if not gateway and config.get("Subnet"):
             try:
                 gateway = str(next(ipaddress.ip_network(config["Subnet"], strict=False).hosts()))
@@ -590,7 +636,7 @@ def _event_container(event: Mapping[str, Any]) -> str | None:
 
 def _endpoint_settings(base: Mapping[str, Any], network: str, net_id: str, endpoint: Mapping[str, Any]) -> Inspect:
     """A container's Networks entry for `network`, from the network's own view of its endpoint."""
-    old = ((base.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+    old = networks(base).get(network, {})
     ip4, _, len4 = str(endpoint.get("IPv4Address") or "").partition("/")
     ip6, _, len6 = str(endpoint.get("IPv6Address") or "").partition("/")
     return {
@@ -605,46 +651,29 @@ def _endpoint_settings(base: Mapping[str, Any], network: str, net_id: str, endpo
 
 def _as_running(base: Mapping[str, Any], connected: Mapping[str, Inspect], keep_others: bool) -> Inspect:
     """`base` as a running container on the `connected` networks (and its others, if it runs already)."""
-    settings = base.get("NetworkSettings") or {}
-    networks = {**(settings.get("Networks") or {}), **connected} if keep_others else dict(connected)
+    settings = base.get("NetworkSettings")
+    settings = settings if isinstance(settings, Mapping) else {}
+    old_state = base.get("State")
+    old_state = old_state if isinstance(old_state, Mapping) else {}
+    nets = {**networks(base), **connected} if keep_others else dict(connected)
     return {
         **base,
-        "State": {**(base.get("State") or {}), "Running": True, "Paused": False, "Restarting": False},
-        "NetworkSettings": {**settings, "Networks": networks},
+        "State": {**old_state, "Running": True, "Paused": False, "Restarting": False},
+        "NetworkSettings": {**settings, "Networks": nets},
     }
 
 
-def _running(inspect: Mapping[str, Any]) -> bool:
-    state = inspect.get("State")
-    return isinstance(state, Mapping) and state.get("Running") is True
-
-
-def _bridge_gateway(inspect: Mapping[str, Any]) -> str | None:
-    """The gateway of a container's endpoint on the default bridge network, if it has one."""
-    settings = inspect.get("NetworkSettings")
-    networks = settings.get("Networks") if isinstance(settings, Mapping) else None
-    bridge = networks.get("bridge") if isinstance(networks, Mapping) else None
-    gateway = bridge.get("Gateway") if isinstance(bridge, Mapping) else None
-    return gateway if isinstance(gateway, str) and gateway else None
-
-
 def _name(inspect: Mapping[str, Any]) -> str:
-    name = inspect.get("Name")
-    return name.lstrip("/") if isinstance(name, str) else "?"
-
-
-def _labels(inspect: Mapping[str, Any]) -> Mapping[str, str]:
-    config = inspect.get("Config")
-    labels = config.get("Labels") if isinstance(config, Mapping) else None
-    return labels if isinstance(labels, Mapping) else {}
+    """The container's name for log lines: "?" when it has none."""
+    return container_name(inspect) or "?"
 
 
 def _network_mode(inspect: Mapping[str, Any]) -> str:
-    host_config = inspect.get("HostConfig")
-    mode = host_config.get("NetworkMode") if isinstance(host_config, Mapping) else None
-    if isinstance(mode, str) and mode.startswith("container:"):
+    """The network mode for log lines, a container id cut to its short form."""
+    mode = network_mode(inspect)
+    if mode.startswith("container:"):
         return "container:" + mode[len("container:"):][:SHORT_ID]
-    return mode if isinstance(mode, str) else "?"
+    return mode or "?"
 
 
 def _is(ref: str, cid: str, inspects: Mapping[str, Inspect]) -> bool:

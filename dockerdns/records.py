@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from dataclasses import dataclass
 
 STATIC = "static"
@@ -33,8 +34,11 @@ MAX_LABEL = 63
 MAX_NAME = 253
 
 # Letters, digits, hyphen (RFC 952/1123 host names) and underscore, which
-# SRV owner names (RFC 2782) and Compose network names use.
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
+# SRV owner names (RFC 2782) and Compose network names use. Matched against
+# ASCII bytes with fullmatch: `$` would also match before a trailing newline,
+# and str.lower() would fold the Kelvin sign into "k".
+_LABEL = re.compile(rb"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 @dataclass(frozen=True)
@@ -56,39 +60,58 @@ class InvalidName(ValueError):
     """A string that is not a usable DNS name."""
 
 
-def is_valid_name(name: str) -> bool:
+def is_valid_name(name: str, wildcard: bool = False) -> bool:
     """True when `name` (absolute or relative) is a well-formed DNS name.
 
-    Labels of letters, digits, hyphens and underscores, 1 to 63 characters,
-    not starting or ending with a hyphen; 253 characters at most.
+    Labels of ASCII letters, digits, hyphens and underscores, 1 to 63
+    characters, not starting or ending with a hyphen; 253 characters at most.
+    Nothing else: no other character, not even one that lower-cases into
+    ASCII. With `wildcard`, the first label may be `*` (RFC 4592), and only
+    the whole first label.
     """
-    text = name[:-1] if name.endswith(".") else name
+    if wildcard and name.startswith("*.") and name not in ("*.", "*.."):
+        name = "x" + name[1:]  # the rest must be a name; `*` is one character, like "x"
+    if len(name) > MAX_NAME + 1:
+        return False
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    text = raw[:-1] if raw.endswith(b".") else raw
     if not text or len(text) > MAX_NAME:
         return False
     return all(
-        len(label) <= MAX_LABEL and _LABEL.match(label) is not None
-        for label in text.lower().split(".")
+        len(label) <= MAX_LABEL and _LABEL.fullmatch(label) is not None
+        for label in text.lower().split(b".")  # bytes.lower(): ASCII only
     )
 
 
-def absolute(name: str, zone: str) -> str:
+def is_wildcard(name: str) -> bool:
+    """True when `name` is a wildcard's owner: its first label is `*` (RFC 4592)."""
+    return name.startswith("*.")
+
+
+def fold(text: str) -> str:
+    """`text` with ASCII letters lower-cased and nothing else changed (DNS case, RFC 4343 section 3)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def absolute(name: str, zone: str, wildcard: bool = False) -> str:
     """`name` made absolute: a trailing dot keeps it as is, else it goes under `zone`.
 
-    Raises InvalidName when the result is not a valid name.
+    Raises InvalidName when the result is not a valid name (with `wildcard`,
+    `*` may be the whole first label).
     """
     name = name.strip()
-    if name.endswith("."):
-        result = name.lower()
-    else:
-        result = f"{name.lower()}.{zone_name(zone)}"
-    if not is_valid_name(result):
+    result = name if name.endswith(".") else f"{name}.{zone_name(zone)}"
+    if not is_valid_name(result, wildcard):
         raise InvalidName(f"not a valid DNS name: {name!r}")
-    return result
+    return fold(result)
 
 
 def zone_name(zone: str) -> str:
     """The zone as an absolute, lower-case name ("docker" -> "docker.")."""
-    zone = zone.strip().lower().rstrip(".")
+    zone = fold(zone.strip()).rstrip(".")
     return f"{zone}."
 
 

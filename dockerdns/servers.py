@@ -3,12 +3,16 @@
 Rule 1: UDP is served by a fixed set of worker threads per socket, each
         blocking in recvfrom on the shared socket: no thread per packet.
 Rule 2: TCP is an accept loop and at most `MAX_TCP_CONNECTIONS` connection
-        threads. At the cap, the connection idle the longest is closed to make
-        room (RFC 7766 section 6.2.3); when none is idle, the new client is
-        closed at once. Each connection carries many queries (RFC 7766
-        section 6.2.1), answers may come back out of order, and it is closed
-        after `TCP_IDLE_TIMEOUT` without a query or `TCP_READ_TIMEOUT` to
-        deliver a started one.
+        threads (connections.py). At the cap, the connection that has gone
+        the longest without delivering a whole query is closed to make room,
+        idle or trickling alike (RFC 7766 section 6.2.3), so that a new
+        client gets in within a second or so however slowly the others send;
+        `TCP_RESERVED` slots are kept for clients that `known` recognises.
+        Each connection carries many queries (RFC 7766 section 6.2.1),
+        answers may come back out of order, and it is closed after
+        `TCP_IDLE_TIMEOUT` without a query or `TCP_READ_TIMEOUT` to deliver
+        a started one. The accept loop outlives a lack of file descriptors
+        or threads: it backs off and keeps serving.
 Rule 3: UDP answers pass response rate limiting (`rate_limit`, see rrl.py)
         on their way out: dropped, sent, or sent truncated. TCP answers do
         not: a TCP client's address cannot be forged.
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .connections import LISTEN_BACKLOG, Slots, accept_forever
 from .settings import Address
 from .pool import DaemonPool
 from .rrl import RateLimit, Verdict, response_key, truncated
@@ -43,10 +48,10 @@ UDP_WORKERS = 2  # threads per UDP socket
 UDP_RCVBUF = 4 * 1024 * 1024  # bytes: absorbs bursts while workers are busy
 MAX_UDP_MESSAGE = 65535
 MAX_TCP_CONNECTIONS = 128
+TCP_RESERVED = 16  # of MAX_TCP_CONNECTIONS, kept for clients the table knows (containers)
 TCP_IDLE_TIMEOUT = 10.0  # seconds between queries on one connection
 TCP_READ_TIMEOUT = 5.0  # seconds to deliver one query once its length arrived
 MIN_MESSAGE = 12  # a DNS header
-EVICT_WAIT = 1.0  # seconds a new TCP client waits for the idlest connection to make room
 
 Reply = Callable[[bytes], None]
 
@@ -76,7 +81,7 @@ def bind(address: Address, kind: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         sock.bind((address.host, address.port))
         if kind == socket.SOCK_STREAM:
-            sock.listen(128)
+            sock.listen(LISTEN_BACKLOG)
     except OSError as err:
         sock.close()
         proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
@@ -170,7 +175,7 @@ class UdpServer:
 
 
 class TcpServer:
-    """An accept loop and a bounded pool of connection handlers."""
+    """An accept loop and a bounded pool of connection handlers (Rule 2)."""
 
     def __init__(
         self,
@@ -180,55 +185,56 @@ class TcpServer:
         max_connections: int = MAX_TCP_CONNECTIONS,
         idle_timeout: float = TCP_IDLE_TIMEOUT,
         read_timeout: float = TCP_READ_TIMEOUT,
+        reserved: int = TCP_RESERVED,
+        known: Callable[[str], bool] = lambda client: False,
     ):
         self.sock = sock
         self.address = bound_address(sock)
         self._handler = handler
         self._idle = idle_timeout
         self._read = read_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._known = known
+        self._slots = Slots(max_connections, reserved)
         self._pool = DaemonPool(max_connections, f"tcp {self.address}")
-        # Open connections -> since when each waits for a query (None: busy with one).
-        self._conns: dict[socket.socket, float | None] = {}
-        self._lock = threading.Lock()
-        self._running = True
-        self.refused = 0
-        self.evicted = 0
+        self._stopping = threading.Event()
         self._failed = Sparse(log, f"tcp {self.address}: handler failed", level=logging.ERROR)
-        self._thread = threading.Thread(target=self._accept, name=f"tcp accept {self.address}", daemon=True)
+        accept = (sock, self._take, self._stopping, f"tcp {self.address}")
+        self._thread = threading.Thread(target=accept_forever, args=accept, name=f"tcp accept {self.address}",
+                                        daemon=True)
+
+    @property
+    def refused(self) -> int:
+        """New clients closed at once: no slot free and none to free."""
+        return self._slots.refused
+
+    @property
+    def evicted(self) -> int:
+        """Open connections closed to make room for a new client."""
+        return self._slots.evicted
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._slots)
 
     def start(self) -> None:
         self._thread.start()
 
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                if not self._running:
-                    return
-                continue
-            if not self._slots.acquire(blocking=False) and not self._make_room():
-                self.refused += 1
-                conn.close()  # over the cap and nobody idle: a clean close, the client may retry
-                continue
-            with self._lock:
-                self._conns[conn] = time.monotonic()
-            self._pool.submit(functools.partial(self._serve, conn, peer[0]))
-
-    def _make_room(self) -> bool:
-        """Close the connection idle the longest and take its slot (RFC 7766 section 6.2.3)."""
-        with self._lock:
-            idle = [(since, conn) for conn, since in self._conns.items() if since is not None]
-        if not idle:
-            return False
-        _, victim = min(idle, key=lambda pair: pair[0])
-        self.evicted += 1
+    def _take(self, conn: socket.socket, client: str) -> None:
+        """A new connection from the accept loop: a slot, then a thread (or a clean close)."""
         try:
-            victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF, closes it and frees the slot
-        except OSError:
-            pass
-        return self._slots.acquire(timeout=EVICT_WAIT)
+            known = bool(self._known(client))
+        except Exception:  # the table's business; a stranger it is
+            known = False
+        if not self._slots.admit(conn, known):
+            conn.close()  # over the cap and nobody to make room: a clean close, the client may retry
+            return
+        try:
+            self._pool.submit(functools.partial(self._serve, conn, client))
+        except RuntimeError:  # pool.Unavailable: no thread for it; the accept loop backs off
+            self._slots.release(conn)
+            conn.close()
+            raise
 
     def _serve(self, conn: socket.socket, client: str) -> None:
         send_lock = threading.Lock()
@@ -241,30 +247,25 @@ class TcpServer:
                     pass
 
         try:
-            while self._running:
-                with self._lock:
-                    self._conns[conn] = time.monotonic()
+            while not self._stopping.is_set():
                 head = self._recv(conn, 2, self._idle)
                 if head is None:
                     return
-                with self._lock:
-                    self._conns[conn] = None
                 (size,) = struct.unpack("!H", head)
                 if size < MIN_MESSAGE:
                     return  # a zero or impossible length: nothing sane follows
                 data = self._recv(conn, size, self._read)
                 if data is None:
                     return
+                self._slots.delivered(conn)
                 try:
                     self._handler.handle(data, client, "tcp", reply)
                 except Exception:
                     self._failed(exc_info=True)
         finally:
-            with self._lock:
-                self._conns.pop(conn, None)
+            self._slots.release(conn)
             with send_lock:
                 conn.close()
-            self._slots.release()
 
     @staticmethod
     def _recv(conn: socket.socket, size: int, timeout: float) -> bytes | None:
@@ -286,17 +287,11 @@ class TcpServer:
         return bytes(buf)
 
     def stop(self) -> None:
-        self._running = False
+        self._stopping.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
         except OSError:
             pass
         self.sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._slots.close_all()
         self._pool.close()

@@ -76,6 +76,25 @@ class RateLimitSettings:
     window: int = DEFAULT_WINDOW  # seconds of credit a client network can save up
 
 
+#: `swarm.url` that turns Swarm names off.
+SWARM_OFF = "off"
+#: Seconds: the shortest `swarm.poll`; each poll reads every running task.
+MIN_SWARM_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """Swarm names (swarm_source): the manager's API and how often its tasks are read."""
+
+    url: str | None = None  # None: the docker.url engine, when it is a manager; SWARM_OFF: no Swarm names
+    poll: float = 1.0  # seconds between two reads of the running tasks
+
+    @property
+    def enabled(self) -> bool:
+        """False only when turned off; None (the default) still depends on the engine."""
+        return self.url != SWARM_OFF
+
+
 DEFAULT_LISTEN = (Address("127.0.0.1", 53), Address(BRIDGE, 53))
 # The networks every default `allow` holds; config adds the host's own
 # addresses when it loads the settings (reading them is I/O, not for here).
@@ -106,5 +125,6 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
     records: tuple[Record, ...] = ()  # static records: absolute names, owner "static"
     config_file: str | None = None  # the file these came from, read again on SIGHUP

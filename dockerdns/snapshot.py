@@ -111,6 +111,7 @@ class Snapshot:
     queries: dict[bytes, Any] = field(default_factory=dict, compare=False)
     zone_wire: bytes = b"\x06docker\x00"  # the zone in wire format
     wildcards: int = 0  # how many wildcard names (`*.<parent>`) the table holds
+    left_out: int = 0  # holders of shared names left out for their health (table.py Rule 5)
 
     def exists(self, name: str) -> bool:
         return name in self.names or name in self.ents

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -79,16 +79,18 @@ class RecordTable:
         """Drop every record of `owner`."""
         self.replace(owner, ())
 
-    def replace_all(self, by_owner: Mapping[str, Iterable[Record]], keep: Iterable[str] = (STATIC, SERVER)) -> None:
-        """Make the table hold exactly `by_owner`, plus the owners in `keep`.
+    def replace_all(self, by_owner: Mapping[str, Iterable[Record]],
+                    keep: Callable[[str], bool] = lambda owner: owner in (STATIC, SERVER)) -> None:
+        """Make the table hold exactly `by_owner`, plus the owners for which `keep` is true.
 
-        Used after a full re-sync: owners absent from `by_owner` vanished.
+        Used after a full re-sync: owners absent from `by_owner` vanished. `keep`
+        is asked under the writers' lock, so an owner another source adds
+        meanwhile is never taken away.
         """
         with self._lock:
             changes: dict[str, tuple[Record, ...]] = {o: tuple(r) for o, r in by_owner.items()}
-            kept = set(keep)
             for owner in self._by_owner:
-                if owner not in changes and owner not in kept:
+                if owner not in changes and not keep(owner):
                     changes[owner] = ()
             self._apply(changes)
 
@@ -164,7 +166,7 @@ class RecordTable:
             by_owner=old_snap.by_owner.evolve(owners),
             hosts=old_snap.hosts.evolve({h: self._hosts.get(h, GONE) for h in hosts}),
         )
-        self.snapshot = self._finish(snapshot, touched | ents)
+        self.snapshot = self._finish(replace(snapshot, left_out=self.left_out), touched | ents)
 
     def _rrsets(self, name: str) -> RRsets | None:
         """The records of `name` by type, from the owners that rank first (Rule 4); None when none."""

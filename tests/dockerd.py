@@ -24,6 +24,7 @@ import time
 LOG = "/tmp/dockerdns-test-dockerd.log"
 IMAGE = "dockerdns-test/busybox:latest"
 BUSYBOX = "/bin/busybox"
+SWARM_MARK = "dockerdns-test-swarm"  # in the paths of tests/swarmd.py's engines (swarmd.MARK)
 
 POLL = 0.05  # seconds between checks while waiting for the daemon
 INFO_TIMEOUT = 10  # seconds one `docker info` may take
@@ -47,9 +48,18 @@ def _info_ok() -> bool:
 
 
 def pids() -> list[int]:
-    """The process ids of the running dockerd processes (pidof)."""
+    """The process ids of the running dockerd processes (pidof), not counting the Swarm nodes of tests/swarmd.py."""
     done = subprocess.run(["pidof", "dockerd"], stdout=subprocess.PIPE, text=True)
-    return [int(p) for p in done.stdout.split()]
+    return [int(p) for p in done.stdout.split() if not _swarm_node(int(p))]
+
+
+def _swarm_node(pid: int) -> bool:
+    """True for a dockerd of tests/swarmd.py (its paths hold SWARM_MARK): never the engine the tests restart."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return SWARM_MARK.encode() in f.read()
+    except OSError:
+        return False
 
 
 def _tail(path: str, lines: int = 15) -> str:

@@ -130,6 +130,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 RECORDS: list[tuple[str, str, list[str]]] = [
     ("relative name under the zone", "{name: gateway, type: A, value: 172.17.0.1}",
      ["gateway.docker. 1 IN A 172.17.0.1"]),
+    ("a wildcard (RFC 4592)", "{name: '*.dev', type: A, value: 10.0.0.9}", ["*.dev.docker. 1 IN A 10.0.0.9"]),
     ("absolute name kept, CNAME target absolute", "{name: api.example.test., type: CNAME, value: web.docker.}",
      ["api.example.test. 1 IN CNAME web.docker."]),
     ("SRV with its own ttl", "{name: _http._tcp.web, type: SRV, value: '0 0 80 web.docker.', ttl: 60}",
@@ -239,7 +240,9 @@ YAML_PROBLEMS: list[tuple[str, str, list[str]]] = [
     ("record unknown key", "records: [{name: a, type: A, value: 10.0.0.1, class: IN}]",
      ["records[0].class: unknown key"]),
     ("record bad name", "records: [{name: 'a..b', type: A, value: 10.0.0.1}]",
-     ["records[0].name: expected a DNS name, got 'a..b'"]),
+     ["records[0].name: expected a DNS name (`*` only as the whole first label), got 'a..b'"]),
+    ("record * inside a name", "records: [{name: 'a.*.b', type: A, value: 10.0.0.1}]",
+     ["records[0].name: expected a DNS name (`*` only as the whole first label), got 'a.*.b'"]),
     ("record bad type", "records: [{name: a, type: NS, value: ns.}]",
      ["records[0].type: expected one of A, AAAA, CNAME, TXT, SRV, PTR, MX, got 'NS'"]),
     ("record bad ttl", "records: [{name: a, type: A, value: 10.0.0.1, ttl: x}]",
@@ -261,7 +264,8 @@ YAML_PROBLEMS: list[tuple[str, str, list[str]]] = [
     ("value not a string", "records: [{name: a, type: TXT, value: [x]}]",
      ["records[0].value: expected quoted text (\"...\"), got ['x']"]),
     ("every field of a record", "records: [{name: 'a..b', type: NS, value: x, ttl: -1, foo: 1}]",
-     ["records[0].foo: unknown key", "records[0].name: expected a DNS name, got 'a..b'",
+     ["records[0].foo: unknown key",
+      "records[0].name: expected a DNS name (`*` only as the whole first label), got 'a..b'",
       "records[0].type: expected one of A, AAAA, CNAME, TXT, SRV, PTR, MX, got 'NS'",
       "records[0].ttl: expected an integer from 0 to 2147483647, got -1"]),
     ("forward.max_ttl negative", "forward: {max_ttl: -1}",
@@ -690,6 +694,7 @@ def test_env_name() -> None:
         "DOCKERDNS_FORWARD_UPSTREAMS", "DOCKERDNS_FORWARD_ENABLED", "DOCKERDNS_FORWARD_MAX_TTL", "DOCKERDNS_ALLOW",
         "DOCKERDNS_EXTERNAL_NAMES", "DOCKERDNS_HTTP_LISTEN", "DOCKERDNS_LOG_LEVEL",
         "DOCKERDNS_RATE_LIMIT_RESPONSES_PER_SECOND", "DOCKERDNS_RATE_LIMIT_SLIP", "DOCKERDNS_RATE_LIMIT_WINDOW",
+        "DOCKERDNS_SWARM_URL", "DOCKERDNS_SWARM_POLL",
     ]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import dockerd
+from dockerdns import docker_source
 from dockerdns.config import DockerSettings, Settings
 from dockerdns.docker_source import DockerSource, DockerUnavailable, read_once
 from dockerdns.records import STATIC, Record
@@ -184,6 +185,77 @@ def test_ignored_label_publishes_nothing(synced: tuple[DockerSource, RecordTable
     assert f"ignored: {hidden.id[:12]} {hidden.name}: dockerdns.ignore=true" in lines
 
 
+def lines_about(caplog: pytest.LogCaptureFixture, cid: str) -> list[str]:
+    """The source's log lines that name container `cid` (by its short id)."""
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and cid[:12] in r.getMessage()]
+
+
+def test_restarting_container_is_not_called_ignored(synced: tuple[DockerSource, RecordTable],
+                                                    make_container: Callable[..., Any], wait_for: Callable[..., Any],
+                                                    docker_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A container in a restart loop publishes nothing while restarting and is never logged as `ignored:`."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    _, table = synced
+    looping = make_container("looping", command=["false"], restart_policy={"Name": "always"})
+    wait_for(lambda: docker_client.api.inspect_container(looping.id)["RestartCount"] >= 3, timeout=20,
+             what="three restarts")
+    sentinel = make_container("sentinel")  # events are handled in order: once it shows, the restarts were handled
+    wait_for(lambda: addresses(table, f"{sentinel.name}.docker."), what="the sentinel")
+    assert not [line for line in lines_about(caplog, looping.id) if line.startswith("ignored:")]
+
+
+def test_huge_ttl_label_skips_the_label_only(make_container: Callable[..., Any],
+                                             run_source: Callable[..., tuple[DockerSource, RecordTable]],
+                                             wait_for: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    """dockerdns.ttl with 4301 digits: the sync succeeds, that container publishes with the default ttl and one
+    warning, a container started after it is served, and no connection is counted as lost."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    bad = make_container("bigttl", labels={"dockerdns.ttl": "9" * 4301})
+    source, table = run_source()
+    wait_for(lambda: source.in_sync, what="the first sync")
+    good = make_container("after")
+    wait_for(lambda: addresses(table, f"{good.name}.docker."), what="the container started after")
+    assert addresses(table, f"{bad.name}.docker.") == {ip_on(bad, "bridge")}
+    assert {r.ttl for r in table.snapshot.by_owner[bad.id]} == {Settings().ttl}
+    skipped = [line for line in lines_about(caplog, bad.id) if line.startswith("skipped:")]
+    assert len(skipped) == 1 and "dockerdns.ttl '999" in skipped[0] and len(skipped[0]) < 300
+    source.update_settings(settings_for(ttl=7))  # SIGHUP's path: re-derives every container, raises nothing
+    assert {r.ttl for r in table.snapshot.by_owner[good.id]} == {7}
+    assert source.in_sync
+    assert not [r for r in caplog.records if r.name == LOGGER and "connection" in r.getMessage()]
+
+
+def test_naming_error_in_one_container_spares_the_others(
+        make_container: Callable[..., Any], run_source: Callable[..., tuple[DockerSource, RecordTable]],
+        wait_for: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Should naming raise for one container, it publishes nothing with one error line; the rest stay in sync."""
+    real = docker_source.records_for_container
+
+    def broken_for_one(inspect: Any, *args: Any) -> Any:
+        if "boom" in str(inspect.get("Name")):
+            raise ValueError("a bug in naming")
+        return real(inspect, *args)
+
+    monkeypatch.setattr(docker_source, "records_for_container", broken_for_one)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    boom = make_container("boom")
+    before = make_container("before")
+    source, table = run_source()
+    wait_for(lambda: source.in_sync, what="the first sync")
+    after = make_container("after")
+    boom.restart(timeout=1)
+    sentinel = make_container("sentinel")
+    wait_for(lambda: addresses(table, f"{sentinel.name}.docker."), what="the sentinel")
+    for served in (before, after):
+        assert addresses(table, f"{served.name}.docker.") == {ip_on(served, "bridge")}
+    assert boom.id not in table.snapshot.by_owner
+    failed = [line for line in lines_about(caplog, boom.id) if line.startswith("failed:")]
+    assert failed == [f"failed: {boom.id[:12]} {boom.name}: naming raised ValueError: a bug in naming; "
+                      "nothing published for it"]
+    assert source.in_sync
+    assert not [r for r in caplog.records if r.name == LOGGER and "connection" in r.getMessage()]
+
+
 def test_netns_sharer_follows_its_owner(synced: tuple[DockerSource, RecordTable], make_container: Callable[..., Any],
                                         make_network: Callable[..., Any], wait_for: Callable[..., Any]) -> None:
     """A --network container:<owner> container answers the owner's addresses, re-read whenever the owner is."""
@@ -223,7 +295,7 @@ def test_update_settings_rederives_without_docker(synced: tuple[DockerSource, Re
     source, table = synced
     c = make_container("ttl")
     wait_for(lambda: c.id in table.snapshot.by_owner, what="the container")
-    assert {r.ttl for r in table.snapshot.by_owner[c.id]} == {5}
+    assert {r.ttl for r in table.snapshot.by_owner[c.id]} == {Settings().ttl}
     source.update_settings(settings_for(ttl=42))
     assert {r.ttl for r in table.snapshot.by_owner[c.id]} == {42}
 

@@ -228,7 +228,7 @@ def test_records_command(make_container: Callable[..., Any]) -> None:
             "owner": name_of(c), "health": "none"} in mine
     text = subprocess.run([sys.executable, "-m", "dockerdns", "records"], capture_output=True, text=True,
                           timeout=30, check=True).stdout
-    assert text.splitlines()[0].split() == ["NAME", "TYPE", "VALUE", "TTL", "CONTAINER"]
+    assert text.splitlines()[0].split() == ["NAME", "TYPE", "VALUE", "TTL", "CONTAINER", "HEALTH"]
 
 
 def test_records_command_without_docker() -> None:

@@ -17,6 +17,7 @@ import queue
 import random
 import re
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 import tracemalloc
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 from pathlib import Path
@@ -41,12 +44,13 @@ from hypothesis import strategies as st
 from dockerdns import wire
 from dockerdns.app import App, policy_of
 from dockerdns.config import DEFAULT_ALLOW, DEFAULT_LISTEN, Address, ForwardSettings, RateLimitSettings, Settings
-from dockerdns.forwarder import Forwarder
+from dockerdns.forwarder import MAX_IN_FLIGHT, Forwarder
 from dockerdns.records import Record
 from dockerdns.resolver import client_allowed
 from dockerdns.responder import Responder
 from dockerdns.rrl import LOOPBACK
-from dockerdns.servers import MAX_TCP_CONNECTIONS, TcpServer, UdpServer, bind
+from dockerdns.servers import MAX_TCP_CONNECTIONS, TCP_RESERVED, TcpServer, UdpServer, bind
+from dockerdns.status import MAX_HTTP_CONNECTIONS
 from dockerdns.table import RecordTable
 from tests.dnsstub import StubUpstream
 
@@ -69,9 +73,9 @@ def make_settings(**kw: object) -> Settings:
 
 
 @contextlib.contextmanager
-def running(settings: Settings) -> Iterator[tuple[App, tuple[str, int]]]:
-    """A started App without Docker; yields it and its (loopback) address."""
-    app = App(settings, docker=False)
+def running(settings: Settings, docker: bool = False) -> Iterator[tuple[App, tuple[str, int]]]:
+    """A started App (without Docker unless asked); yields it and its (loopback) address."""
+    app = App(settings, docker=docker)
     app.start()
     try:
         address = app.addresses()[0]
@@ -223,7 +227,8 @@ def test_stalled_and_idle_connections_closed_after_timeout() -> None:
 
 
 def test_idle_flood_cap_holds(wait_for: Callable[..., Any]) -> None:
-    """300 idle clients: 128 are held, the rest closed at once with a FIN; UDP answers meanwhile; all go idle-closed."""
+    """300 idle strangers: 112 are held (16 slots kept for known clients), the rest closed with a FIN; UDP answers
+    meanwhile; all go idle-closed."""
     app = App(make_settings(), docker=False)
     idle_timeout = 3.0
     server = TcpServer(bind(Address("127.0.0.1", 0), socket.SOCK_STREAM), app.responder,
@@ -242,7 +247,8 @@ def test_idle_flood_cap_holds(wait_for: Callable[..., Any]) -> None:
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
             clients.append(sock)
-        excess = 300 - MAX_TCP_CONNECTIONS
+        held = MAX_TCP_CONNECTIONS - TCP_RESERVED
+        excess = 300 - held
         closed: dict[socket.socket, str] = {}
 
         def wait_closed(count: int, until: float) -> None:
@@ -262,9 +268,9 @@ def test_idle_flood_cap_holds(wait_for: Callable[..., Any]) -> None:
         # Each client past the cap made room by closing the one idle the longest (RFC 7766 section 6.2.3).
         assert len(closed) == excess and server.refused + server.evicted == excess
         assert set(closed.values()) == {"eof"}  # closed politely: a FIN, not a reset
-        # The cap holds: never more than MAX_TCP_CONNECTIONS, and full again once the last eviction is done.
-        assert len(server._conns) <= MAX_TCP_CONNECTIONS
-        wait_for(lambda: len(server._conns) == MAX_TCP_CONNECTIONS, timeout=2.0, what="the cap to fill again")
+        # The cap holds: never more than strangers may hold, and full again once the last eviction is done.
+        assert server.connections <= held
+        wait_for(lambda: server.connections == held, timeout=2.0, what="the cap to fill again")
         elapsed, msg = timed(lambda: udp(udp_addr, "gateway.docker"))
         assert values(msg) == ["172.17.0.1"] and elapsed < 0.5
         assert values(tcp(addr, "gateway.docker")) == ["172.17.0.1"]  # at the cap, a real query still gets in
@@ -295,6 +301,249 @@ def test_idle_flood_does_not_lock_out_tcp() -> None:
             sock.close()
         server.stop()
         app.stop()
+
+
+RECONNECT = 0.5  # seconds before a trickling client the server closed connects again
+
+
+def trickle(addr: tuple[str, int], count: int, period: float, stop: threading.Event, counts: dict[str, int]) -> None:
+    """`count` clients that each send a length prefix, then its query over `period` seconds, one byte at a time,
+    again and again; the next length prefix goes out with the last byte of a query, so none is ever idle.
+
+    Keeps `counts` current: "sent", queries completed; "connected", connections made; "closed", connections the
+    server closed. A closed client
+    connects again RECONNECT seconds later, as an attacker would, to win its slot back.
+    """
+    query = dns.message.make_query("gateway.docker", "A").to_wire()
+    prefix = struct.pack("!H", len(query))
+    step = period / len(query)
+    selector = selectors.DefaultSelector()
+    state: dict[socket.socket, list[float]] = {}  # sock -> [bytes of the query sent, when the query began]
+    counts.update(sent=0, connected=0, closed=0)
+    again: list[float] = [0.0] * count  # when to connect a client (again)
+    while not stop.is_set():
+        now = time.monotonic()
+        for when in [w for w in again if w <= now]:
+            again.remove(when)
+            try:
+                sock = connect(addr)
+                sock.setblocking(False)
+                sock.send(prefix)
+            except OSError:
+                again.append(now + RECONNECT)
+                continue
+            selector.register(sock, selectors.EVENT_READ)
+            state[sock] = [0, time.monotonic()]
+            counts["connected"] += 1
+        for sock, progress in list(state.items()):
+            due = min(int((now - progress[1]) / step) + 1, len(query))  # bytes that should be out by now
+            while progress[0] < due:
+                sent = int(progress[0])
+                last = sent == len(query) - 1
+                try:
+                    sock.send(query[sent:sent + 1] + (prefix if last else b""))
+                except OSError:
+                    break
+                progress[0] += 1
+                if last:
+                    counts["sent"] += 1
+                    progress[0], progress[1] = 0, time.monotonic()
+                    break
+        for key, _ in selector.select(timeout=step / 4):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                counts["closed"] += 1
+                selector.unregister(sock)
+                del state[sock]
+                sock.close()
+                again.append(time.monotonic() + RECONNECT)
+    for sock in state:
+        sock.close()
+    selector.close()
+
+
+def test_trickling_clients_cannot_hold_every_tcp_slot(wait_for: Callable[..., Any]) -> None:
+    """Clients in every slot strangers may hold (all 128 before the reserve) that each deliver a query just within
+    the read timeout, over and over, and come back when closed: five new clients in turn each get an answer over TCP
+    within 2 s."""
+    with running(make_settings()) as (app, addr):
+        server = next(s for s in app.servers if isinstance(s, TcpServer))
+        stop = threading.Event()
+        counts: dict[str, int] = {"sent": 0, "connected": 0, "closed": 0}
+        held = MAX_TCP_CONNECTIONS - TCP_RESERVED  # the slots strangers may hold: more would only fight each other
+        attacker = threading.Thread(target=trickle, args=(addr, held, 4.5, stop, counts), daemon=True)
+        attacker.start()
+        try:
+            # One whole round of slow queries: from now on every slot holds a client in mid-query.
+            wait_for(lambda: counts["sent"] >= held, timeout=15, what="a round of trickled queries")
+            assert server.connections == held
+            for _ in range(5):  # each new client in turn, not one lucky one
+                elapsed, msg = timed(lambda: tcp(addr, "gateway.docker", timeout=2.0))
+                assert values(msg) == ["172.17.0.1"] and elapsed < 2.0
+                # The attacker wins back the slot that the last client freed, or the next client would walk in.
+                wait_for(lambda: counts["closed"] == server.evicted and counts["connected"] - counts["closed"] == held
+                         and server.connections == held, timeout=5, what="the attack to fill every slot again")
+        finally:
+            stop.set()
+            attacker.join(10)
+
+
+def test_known_clients_keep_their_reserved_slots(wait_for: Callable[..., Any]) -> None:
+    """A flood of strangers never closes a connection of a client the table knows; the known client gets in at the
+    cap without anyone being closed for it."""
+    app = App(make_settings(), docker=False)
+    server = TcpServer(bind(Address("127.0.0.1", 0), socket.SOCK_STREAM), app.responder, max_connections=8,
+                       reserved=2, known=lambda client: client == "127.0.0.2")
+    server.start()
+    addr = (server.address.host, server.address.port)
+    strangers = [connect(addr) for _ in range(8)]
+    known = socket.create_connection(addr, timeout=5, source_address=("127.0.0.2", 0))
+    try:
+        wait_for(lambda: server.evicted == 2, timeout=3, what="two strangers closed")  # 6 of 8 slots for strangers
+        evicted = server.evicted
+        query = dns.message.make_query("gateway.docker", "A")
+        dns.query.send_tcp(known, query, expiration=time.time() + 2)
+        assert values(dns.query.receive_tcp(known, expiration=time.time() + 2)[0]) == ["172.17.0.1"]
+        assert server.evicted == evicted, "the known client took a reserved slot"
+        strangers += [connect(addr) for _ in range(20)]
+        assert closed_by_peer(known, 0.2) is None
+        dns.query.send_tcp(known, query, expiration=time.time() + 2)
+        assert values(dns.query.receive_tcp(known, expiration=time.time() + 2)[0]) == ["172.17.0.1"]
+    finally:
+        for sock in [*strangers, known]:
+            sock.close()
+        server.stop()
+        app.stop()
+
+
+def test_tcp_accept_survives_thread_start_failures(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """When threads cannot be started (`prlimit --nproc`), new TCP clients are closed and the accept loop backs off,
+    logs once, and serves again as soon as threads can be started."""
+    app = App(make_settings(), docker=False)
+    server = TcpServer(bind(Address("127.0.0.1", 0), socket.SOCK_STREAM), app.responder)
+    server.start()
+    addr = (server.address.host, server.address.port)
+    real = threading.Thread.start
+    refusals = [3]
+
+    def start(thread: threading.Thread) -> None:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real(thread)
+
+    try:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        for _ in range(3):
+            with connect(addr) as refused:
+                assert closed_by_peer(refused, 3.0) is not None
+        monkeypatch.undo()
+        assert refusals == [0]
+        assert values(tcp(addr, "gateway.docker")) == ["172.17.0.1"]
+        assert server._thread.is_alive()
+        trouble = [r for r in caplog.records if "out of resources" in r.getMessage()]
+        assert len(trouble) == 1
+    finally:
+        server.stop()
+        app.stop()
+
+
+def test_out_of_file_descriptors_backs_off_and_recovers(wait_for: Callable[..., Any]) -> None:
+    """Under a low fd limit a flood of HTTP connections makes accept() fail with EMFILE: the server backs off instead
+    of spinning, says so once, and answers /healthz and DNS over TCP again once the flood is gone."""
+    server = ServerProcess("--http", "127.0.0.1:0", "--no-forward", wrap=("prlimit", "--nofile=40:40", "--"))
+    clients: list[socket.socket] = []
+    try:
+        http_line = wait_for(lambda: next((line for line in server.lines if "HTTP status on" in line), None))
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", http_line)
+        assert found is not None
+        http_addr = ("127.0.0.1", int(found.group(1)))
+        for _ in range(80):
+            clients.append(socket.create_connection(http_addr, timeout=5))
+        wait_for(lambda: any("out of resources" in line for line in server.lines), timeout=5, what="EMFILE")
+        before = server.cpu()
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started >= 2.0, interval=0.1, what="a two-second window")
+        assert server.cpu() - before < 0.5, "the accept loop spins on EMFILE"
+        for sock in clients:
+            sock.close()
+
+        def healthy() -> bool:
+            """/healthz answers (503 here: Docker is unreachable, which is what it should say)."""
+            try:
+                with urllib.request.urlopen(f"http://{http_addr[0]}:{http_addr[1]}/healthz", timeout=1) as resp:
+                    return bool(resp.status)
+            except urllib.error.HTTPError as err:
+                return err.code == 503
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=10, interval=0.1, what="/healthz after the flood")
+        assert values(tcp(server.addr, "nohost.docker", timeout=3)) == []
+        assert len([line for line in server.lines if "out of resources" in line]) <= 2  # sparse: once per 10 s
+        assert not [line for line in server.lines if "Traceback" in line]
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
+
+
+def test_sighup_on_a_fifo_config_never_blocks_sigterm(tmp_path: Path, wait_for: Callable[..., Any]) -> None:
+    """SIGHUP while the config path is a FIFO: queries are answered, a writer's config is applied when it comes, and
+    SIGTERM ends the server with exit 0 within 2 s while a read is still blocked."""
+    config = tmp_path / "dockerdns.yaml"
+    config.write_text("records:\n  - {name: first, type: A, value: 10.0.0.1}\n")
+    server = ServerProcess("-c", str(config), "--no-forward")
+    try:
+        assert values(udp(server.addr, "first.docker")) == ["10.0.0.1"]
+        config.unlink()
+        os.mkfifo(config)
+        server.proc.send_signal(signal.SIGHUP)  # the read blocks until someone writes
+        assert values(udp(server.addr, "first.docker")) == ["10.0.0.1"]
+        with open(config, "w") as fifo:  # the reload thread is the reader at the other end
+            fifo.write("records:\n  - {name: second, type: A, value: 10.0.0.2}\n")
+        wait_for(lambda: values(udp(server.addr, "second.docker")) == ["10.0.0.2"], timeout=5, what="the reload")
+        server.proc.send_signal(signal.SIGHUP)  # blocks again, for good this time
+        server.proc.send_signal(signal.SIGHUP)  # folds into the one under way
+        assert values(udp(server.addr, "second.docker")) == ["10.0.0.2"]
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 2.0
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_systemd_unit_limits_cover_the_caps() -> None:
+    """conf/dockerdns.service sets LimitNOFILE and TasksMax above what dockerdns holds at its own caps."""
+    unit = dict(line.split("=", 1) for line in (Path(__file__).parent.parent / "conf" / "dockerdns.service")
+                .read_text().splitlines() if "=" in line and not line.startswith("#"))
+    # Two TCP listeners (loopback and the bridge) at their cap, HTTP at its cap, forwarding at its cap.
+    peak = 2 * MAX_TCP_CONNECTIONS + MAX_HTTP_CONNECTIONS + MAX_IN_FLIGHT
+    assert int(unit["LimitNOFILE"]) >= 4 * peak
+    assert 2 * peak <= int(unit["TasksMax"]) <= 4096
+
+
+@pytest.mark.docker
+def test_huge_ttl_label_does_not_stop_other_containers(make_container: Callable[..., Any], docker_client: Any,
+                                                       wait_for: Callable[..., Any]) -> None:
+    """A container labelled dockerdns.ttl=<4301 digits> on the real engine: a container started after it is answered
+    over DNS, and so is it, with the default ttl."""
+    bad = make_container("bigttl", labels={"dockerdns.ttl": "9" * 4301})
+    with running(make_settings(forward=ForwardSettings(False, ())), docker=True) as (app, addr):
+        wait_for(lambda: app.source.in_sync, what="the first sync")
+        good = make_container("after")
+        wait_for(lambda: values(udp(addr, f"{good.name}.docker")), what="the container started after")
+        answer = udp(addr, f"{bad.name}.docker")
+        assert answer.rcode() == dns.rcode.NOERROR and [rrset.ttl for rrset in answer.answer] == [Settings().ttl]
+        assert app.source.in_sync
 
 
 # --- Fuzzing ---------------------------------------------------------------------
@@ -417,10 +666,10 @@ _RESPONDER = Responder(_TABLE, policy_of(make_settings()), None)
 class ServerProcess:
     """`python -m dockerdns` on a free loopback port, for measurements of its own memory."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, wrap: tuple[str, ...] = ()):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERDNS_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dockerdns", "--listen", "127.0.0.1:0", "--docker-url",
+            [*wrap, sys.executable, "-m", "dockerdns", "--listen", "127.0.0.1:0", "--docker-url",
              "unix:///nonexistent/docker.sock", *args],
             stderr=subprocess.PIPE, text=True, env={**environ, "DOCKERDNS_CONFIG": ""},
         )
@@ -452,6 +701,12 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+    def cpu(self) -> float:
+        """CPU seconds used so far (user and system)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.kill()

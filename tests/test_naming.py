@@ -18,7 +18,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from dockerdns import naming
 from dockerdns.config import Settings
-from dockerdns.naming import MAX_ALIASES, Published, netns_owner_id, records_for_container
+from dockerdns.naming import (MAX_ALIASES, Ignored, NotRunning, Published, State, netns_owner_id,
+                              records_for_container, state)
 from dockerdns.records import is_valid_name
 from dockerdns.table import RecordTable
 
@@ -43,11 +44,12 @@ def with_labels(name: str, **labels: str) -> dict[str, Any]:
     return data
 
 
-def zone(published: Published) -> list[str]:
+def zone(published: Published | Ignored | NotRunning) -> list[str]:
     return sorted(f"{r.name} {r.ttl} IN {r.rtype} {r.value}" for r in published.records)
 
 
-def publish(data: dict[str, Any], owner: dict[str, Any] | None = None, **overrides: Any) -> Published:
+def publish(data: dict[str, Any], owner: dict[str, Any] | None = None,
+            **overrides: Any) -> Published | Ignored | NotRunning:
     return records_for_container(data, Settings(**{"ttl": 5, **overrides}), owner)
 
 
@@ -179,13 +181,38 @@ def test_fixture(fixture: str, overrides: dict[str, Any], expected: list[str], w
     published = publish(load(fixture), **overrides)
     assert zone(published) == sorted(expected)
     assert list(published.warnings) == warnings
-    assert published.ignored is False
+    assert isinstance(published, Published)
 
 
-@pytest.mark.parametrize("fixture", ["stopped", "ignored"])
-def test_stopped_and_ignored_publish_nothing(fixture: str) -> None:
-    """A stopped container, and one labelled dockerdns.ignore=true, publish nothing and are marked ignored."""
-    assert publish(load(fixture)) == Published((), ignored=True)
+def test_stopped_and_ignored_publish_nothing_for_different_reasons() -> None:
+    """A stopped container is NotRunning, one labelled dockerdns.ignore=true is Ignored: two outcomes, two types."""
+    assert publish(load("stopped")) == NotRunning(State.STOPPED)
+    assert publish(load("ignored")) == Ignored("true")
+
+
+def state_of(fixture: str, **fields: Any) -> dict[str, Any]:
+    data = load(fixture)
+    data["State"] = {**data["State"], **fields}
+    return data
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (load("plain"), State.RUNNING),
+        (load("paused"), State.PAUSED),
+        (load("stopped"), State.STOPPED),
+        (state_of("plain", Restarting=True), State.RESTARTING),
+        (state_of("plain", Running="true"), State.STOPPED),
+        ({"State": None}, State.STOPPED),
+        ({}, State.STOPPED),
+    ],
+)
+def test_state(data: dict[str, Any], expected: State) -> None:
+    """One reading of State: paused publishes, restarting is listed by Docker but does not publish."""
+    assert state(data) is expected
+    assert expected.publishes == (expected in (State.RUNNING, State.PAUSED))
+    assert expected.listed == (expected is not State.STOPPED)
 
 
 def test_netns_child_uses_owner_addresses_without_ptr() -> None:
@@ -400,7 +427,7 @@ def test_absolute_alias_inside_zone_is_allowed() -> None:
         ("a..b", ["dockerdns.aliases 'a..b': not a valid DNS name"]),
         (".", ["dockerdns.aliases '.': not a valid DNS name"]),
         ("-web", ["dockerdns.aliases '-web': not a valid DNS name"]),
-        ("*", ["dockerdns.aliases '*': not a valid DNS name"]),
+        ("*", ["dockerdns.aliases '*': a wildcard for the whole zone cannot be claimed; skipped"]),
         ("x" * 64, [f"dockerdns.aliases '{'x' * 64}': not a valid DNS name"]),
         (".".join(["x"] * 125), [f"dockerdns.aliases {'x.x.x.x.' * 10!r}...: not a valid DNS name"]),
         ("docker.", ["dockerdns.aliases 'docker.': the zone apex cannot be claimed"]),
@@ -492,6 +519,38 @@ def test_compose_labels_cannot_escape_the_zone() -> None:
     assert published.warnings == ("compose service 'www.github.com.': not a valid DNS name",)
 
 
+@pytest.mark.parametrize(
+    "labels, warning",
+    [
+        ({"dockerdns__aliases": "\u212aafka"}, "dockerdns.aliases '\u212aafka': not a valid DNS name"),
+        ({"dockerdns__aliases": "db\n.x"}, "dockerdns.aliases 'db\\n.x': not a valid DNS name"),
+        ({"com__docker__compose__service": "db\n", "com__docker__compose__project": "shop"},
+         "compose service 'db\\n.shop': not a valid DNS name"),
+        ({"com__docker__compose__service": "\u212aafka", "com__docker__compose__project": "shop"},
+         "compose service '\u212aafka.shop': not a valid DNS name"),
+        ({"dockerdns__name": "\u212aafka"},
+         "dockerdns.name '\u212aafka': not a valid relative DNS name; using 'dnsfix-plain'"),
+        ({"dockerdns__name": "db\n.x"},
+         "dockerdns.name 'db\\n.x': not a valid relative DNS name; using 'dnsfix-plain'"),
+    ],
+)
+def test_names_are_ascii_and_whole(labels: dict[str, str], warning: str) -> None:
+    """A label holding a newline or a character that lower-cases into ASCII (the Kelvin sign) is skipped, not mended."""
+    published = publish(with_labels("plain", **labels))
+    assert zone(published) == PLAIN
+    assert published.warnings == (warning,)
+
+
+def test_network_alias_with_kelvin_sign_is_not_kafka() -> None:
+    """A network alias `\u212aafka` neither publishes `kafka` nor hides a real alias `kafka`."""
+    data = load("two-networks")
+    data["NetworkSettings"]["Networks"]["dnsfix-front"]["Aliases"] = ["\u212aafka", "KAFKA"]
+    published = publish(data)
+    names = [r.name for r in published.records if "kafka" in r.name]
+    assert sorted(names) == ["kafka.dnsfix-front.docker.", "kafka.docker."]
+    assert published.warnings == ("network alias '\u212aafka': not a valid DNS name",)
+
+
 def test_compose_needs_both_labels() -> None:
     """A compose service label without a project label publishes no <service>.<project> name."""
     assert zone(publish(with_labels("plain", com__docker__compose__service="db"))) == PLAIN
@@ -508,7 +567,8 @@ def test_ttl_label_overrides_default(value: str, ttl: int) -> None:
     assert published.warnings == ()
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "+5", "1_0", "2147483648", "5s"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "+5", "1_0", "2147483648", "5s", "0x10", "\u0663",
+                                   "\uff11\uff12", "5\n6", "99999999999999999999", "-" + "9" * 30])
 def test_bad_ttl_label_warns_and_uses_default(value: str) -> None:
     """A dockerdns.ttl that is not an integer from 0 to 2^31-1 gives one warning and the default ttl."""
     published = publish(with_labels("plain", dockerdns__ttl=value), ttl=9)
@@ -516,17 +576,26 @@ def test_bad_ttl_label_warns_and_uses_default(value: str) -> None:
     assert published.warnings == (f"dockerdns.ttl {value!r}: expected an integer from 0 to 2147483647; using 9",)
 
 
+@pytest.mark.parametrize("digits", [4300, 4301, 5000, 100_000])
+def test_huge_ttl_label_warns_and_uses_default(digits: int) -> None:
+    """dockerdns.ttl with thousands of digits (int() refuses past 4300) is one warning, cut short; never an error."""
+    published = publish(with_labels("plain", dockerdns__ttl="9" * digits), ttl=9)
+    assert zone(published) == [line.replace(" 5 IN ", " 9 IN ") for line in PLAIN]
+    assert published.warnings == ("dockerdns.ttl '" + "9" * 80 + "'...: expected an integer from 0 to 2147483647; "
+                                  "using 9",)
+
+
 @pytest.mark.parametrize("value", ["true", "TRUE", " yes ", "1", "on"])
 def test_ignore_label_true(value: str) -> None:
     """dockerdns.ignore=true (or yes/1/on, any case) publishes nothing."""
-    assert publish(with_labels("plain", dockerdns__ignore=value)) == Published((), ignored=True)
+    assert publish(with_labels("plain", dockerdns__ignore=value)) == Ignored(value.strip())
 
 
 @pytest.mark.parametrize("value", ["false", "no", "0", "off", ""])
 def test_ignore_label_false(value: str) -> None:
     """dockerdns.ignore=false (or no/0/off/empty) publishes as usual."""
     published = publish(with_labels("plain", dockerdns__ignore=value))
-    assert zone(published) == PLAIN and not published.ignored and published.warnings == ()
+    assert zone(published) == PLAIN and isinstance(published, Published) and published.warnings == ()
 
 
 def test_ignore_label_unknown_value_warns() -> None:
@@ -547,10 +616,10 @@ def test_paused_container_keeps_its_names() -> None:
 
 
 def test_restarting_container_publishes_nothing() -> None:
-    """A restarting container (Running and Restarting both true) is treated as not running."""
+    """A restarting container (Running and Restarting both true) is NotRunning, never Ignored."""
     data = load("plain")
     data["State"]["Restarting"] = True
-    assert publish(data) == Published((), ignored=True)
+    assert publish(data) == NotRunning(State.RESTARTING)
 
 
 @pytest.mark.parametrize(
@@ -604,7 +673,7 @@ def test_hostile_labels_never_crash(labels: dict[str, str], aliases: list[str], 
     data["NetworkSettings"]["Networks"]["dnsfix-front"]["Aliases"] = aliases
     published = publish(data, external_names=external)
     for rec in published.records:
-        assert is_valid_name(rec.name) and rec.name.endswith(".") and rec.name == rec.name.lower()
+        assert is_valid_name(rec.name, wildcard=True) and rec.name.endswith(".") and rec.name == rec.name.lower()
         if not external and rec.rtype != "PTR":
             assert rec.name.endswith(".docker.")
     assert all("\n" not in w for w in published.warnings)
@@ -630,4 +699,62 @@ def test_naming_is_pure() -> None:
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "ipaddress", "re", "collections", "dataclasses", "typing"}
+    assert imported <= {"__future__", "enum", "ipaddress", "re", "collections", "dataclasses", "typing"}
+
+
+PORTS = [
+    "*.web.docker. 5 IN A 172.29.60.10",  # a wildcard alias (RFC 4592)
+    "10.60.29.172.in-addr.arpa. 5 IN PTR dnsfix-ports.docker.",
+    "api.docker. 5 IN A 172.29.60.10",
+    "c1590380d6e5.docker. 5 IN A 172.29.60.10",
+    "dnsfix-ports.dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "shop.dnsfix-ports.docker. 5 IN A 172.29.60.10",
+    "shop.docker. 5 IN A 172.29.60.10",
+] + [
+    # --expose 5432, -p 127.0.0.1::8080/udp (the container's port), dockerdns.srv=http:80, metrics:9100/tcp;
+    # under the primary name, the network alias and the label alias, never under the wildcard.
+    f"_{service}._{proto}.{holder}.docker. 5 IN SRV 0 0 {port} dnsfix-ports.docker."
+    for service, proto, port in (("5432", "tcp", 5432), ("8080", "udp", 8080), ("http", "tcp", 80),
+                                 ("metrics", "tcp", 9100))
+    for holder in ("api", "dnsfix-ports", "shop")
+]
+
+
+def test_ports_give_srv_records() -> None:
+    """Exposed and published ports and dockerdns.srv items give SRV records for each of the container's names."""
+    published = publish(load("ports"))
+    assert isinstance(published, Published)
+    assert zone(published) == sorted(PORTS)
+    assert list(published.warnings) == ["dockerdns.srv item 'bad:port': expected NAME:PORT[/PROTO]; skipped"]
+
+
+@pytest.mark.parametrize("fixture,health", [("health-healthy", "healthy"), ("health-unhealthy", "unhealthy"),
+                                            ("health-starting", "starting"), ("health-ignore", "none"),
+                                            ("plain", "none")])
+def test_health_from_a_real_engine(fixture: str, health: str) -> None:
+    """Every record carries State.Health.Status, or none without a check or with dockerdns.health=ignore."""
+    published = publish(load(fixture))
+    assert isinstance(published, Published) and published.records
+    assert {r.health for r in published.records} == {health}
+
+
+def test_other_health_label_values_are_skipped_with_a_warning() -> None:
+    """dockerdns.health with a value other than ignore is skipped: the check counts, one warning."""
+    published = publish(with_labels("health-unhealthy", dockerdns__health="yes"))
+    assert isinstance(published, Published)
+    assert {r.health for r in published.records} == {"unhealthy"}
+    assert list(published.warnings) == ["dockerdns.health 'yes': expected 'ignore'; label skipped"]
+
+
+@pytest.mark.parametrize("aliases,warning", [
+    ("a.*.web", "dockerdns.aliases 'a.*.web': not a valid DNS name"),
+    ("*web", "dockerdns.aliases '*web': not a valid DNS name"),
+    ("*.com.", "dockerdns.aliases '*.com.': outside the zone docker.; external_names is off"),
+    ("*.docker.", "dockerdns.aliases '*.docker.': the zone apex cannot be claimed"),
+])
+def test_wildcards_only_as_the_whole_first_label_inside_the_zone(aliases: str, warning: str) -> None:
+    """A `*` elsewhere is skipped with one warning, and no container claims `*.com.` or the whole zone."""
+    published = publish(with_labels("plain", dockerdns__aliases=aliases))
+    assert isinstance(published, Published)
+    assert list(published.warnings) == [warning] and not [r for r in published.records if "*" in r.name]

@@ -279,9 +279,9 @@ class _Echo:
 
 
 def test_tcp_idle_zero_length_and_cap() -> None:
-    """TCP: idle connections are closed, a zero length closes, the cap turns the excess away."""
+    """TCP: idle connections are closed, a zero length closes, at the cap the stalest connection makes room."""
     server = TcpServer(bind(Address("127.0.0.1", 0), socket.SOCK_STREAM), _Echo(), max_connections=2,
-                       idle_timeout=0.3, read_timeout=0.3)
+                       idle_timeout=0.3, read_timeout=0.3, reserved=0)
     server.start()
     addr = (server.address.host, server.address.port)
     try:
@@ -298,10 +298,15 @@ def test_tcp_idle_zero_length_and_cap() -> None:
             assert stall.recv(10) == b""
         held = [socket.create_connection(addr) for _ in range(2)]
         try:
-            extra = socket.create_connection(addr)
-            extra.settimeout(3)
-            assert extra.recv(10) == b""  # over the cap: closed at once
-            extra.close()
+            held[0].settimeout(3)
+            held[0].sendall(struct.pack("!H", 12) + b"\x00" * 12)
+            assert held[0].recv(14) == struct.pack("!H", 12) + b"\x00" * 12  # held[0] is the fresher one now
+            with socket.create_connection(addr) as extra:
+                extra.settimeout(3)
+                extra.sendall(struct.pack("!H", 12) + b"\x01" * 12)
+                assert extra.recv(14) == struct.pack("!H", 12) + b"\x01" * 12  # over the cap, still served
+                held[1].settimeout(3)
+                assert held[1].recv(10) == b""  # it made room: no query since it connected
         finally:
             for sock in held:
                 sock.close()
