@@ -218,6 +218,12 @@ class Cleanup:
         return failed
 
 
+def load_note() -> str:
+    """The machine's load, to print beside figures measured on a shared machine."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
 def wait_until(condition: Callable[[], bool], seconds: float, what: str, poll: float = 0.02) -> None:
     """Return once `condition()` is true; BenchError naming `what` after `seconds`."""
     deadline = time.monotonic() + seconds

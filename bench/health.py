@@ -25,6 +25,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,39 @@ TARGET_MS = 100.0  # the issue's bound on event-to-answer
 EVENT_WAIT = 10.0  # seconds a flip's health_status event may take (interval 1 s, retries 1)
 ANSWER_WAIT = 5.0  # seconds after the event that dockerdns may take before the flip counts as missed
 SECOND = 1_000_000_000  # nanoseconds
+BUSY_WINDOW = 2 * SECOND  # nanoseconds before a flip's event in which other engine events are counted
 HEALTHCHECK = docker.types.Healthcheck(test=["CMD", "test", "-f", "/tmp/ok"], interval=SECOND, timeout=SECOND,
                                        retries=1, start_period=0)
+
+
+class InspectProbe:
+    """Times `GET /containers/<id>/json` every PROBE_EVERY on a thread: how fast the engine answers dockerdns's
+    kind of call during the run. Thread-safe: one writer, read after exit."""
+
+    PROBE_EVERY = 0.1  # seconds
+
+    def __init__(self, client: Any, cid: str) -> None:
+        self.seconds: list[float] = []
+        self._client, self._cid = client, cid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> InspectProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.PROBE_EVERY):
+            started = time.monotonic()
+            try:
+                self._client.api.inspect_container(self._cid)
+            except Exception:
+                continue
+            self.seconds.append(time.monotonic() - started)
 
 
 @dataclass
@@ -49,6 +81,7 @@ class Flip:
     to: str  # "unhealthy" or "healthy"
     event_ns: int  # the health_status event's timeNano
     answer_ns: int | None  # first answer that follows it; None: not within ANSWER_WAIT
+    busy: int = 0  # engine events (any container's) in the BUSY_WINDOW before this one: dockerdns handles each
 
     @property
     def already(self) -> bool:
@@ -60,7 +93,7 @@ class Flip:
         return None if self.answer_ns is None or self.already else (self.answer_ns - self.event_ns) / 1e6
 
 
-def run(client: Any, args: argparse.Namespace, tmp: str) -> tuple[list[Flip], AnswerWatch]:
+def run(client: Any, args: argparse.Namespace, tmp: str) -> tuple[list[Flip], AnswerWatch, list[float]]:
     tag = f"{random.randrange(16 ** 6):06x}"
     project = f"p{tag}"
     name = f"web.{project}.docker"
@@ -70,6 +103,8 @@ def run(client: Any, args: argparse.Namespace, tmp: str) -> tuple[list[Flip], An
         made.add(f"network {network.name}", network.remove)
         events = containers.EventStream(client, {"type": "container", "label": label})
         made.add("event stream", events.close)
+        everything = containers.EventStream(client, {"type": ["container", "network"]})
+        made.add("event stream", everything.close)
         replicas = []
         for i in (1, 2):
             replicas.append(made.container(client.containers.run(
@@ -90,7 +125,7 @@ def run(client: Any, args: argparse.Namespace, tmp: str) -> tuple[list[Flip], An
         containers.wait_until(lambda: all(healthy(c) for c in replicas), 30, "both replicas to be healthy", 0.2)
         flipped, address = replicas[0], addresses[0]
         flips: list[Flip] = []
-        with AnswerWatch("127.0.0.1", port, name) as watch:
+        with AnswerWatch("127.0.0.1", port, name) as watch, InspectProbe(client, replicas[1].id) as probe:
             containers.wait_until(lambda: watch.current() == tuple(sorted(addresses)), 10,
                                   f"dockerdns to answer both replicas for {name}")
             for i in range(args.flips):
@@ -110,12 +145,15 @@ def run(client: Any, args: argparse.Namespace, tmp: str) -> tuple[list[Flip], An
                                               f"{flipped.name} to be {to}", 0.2)
                 print(f"  flip {i + 1}/{args.flips}", file=sys.stderr, end="\r")
             print(file=sys.stderr)
+        times = sorted(t for _actor, _action, t in list(everything.queue.queue))
+        for flip in flips:
+            flip.busy = sum(flip.event_ns - BUSY_WINDOW <= t < flip.event_ns for t in times)
         if proc.poll() is not None:
             raise BenchError(f"dockerdns exited during the run (status {proc.returncode})")
-    return flips, watch
+    return flips, watch, probe.seconds
 
 
-def report(flips: list[Flip], watch: AnswerWatch, argv: list[str]) -> None:
+def report(flips: list[Flip], watch: AnswerWatch, inspects: list[float], argv: list[str]) -> None:
     print("command: python3 bench/health.py " + " ".join(argv))
     print("event-to-answer: Docker's health_status event (timeNano) to the first dockerdns answer that follows it")
     for to in ("unhealthy", "healthy", None):
@@ -133,6 +171,14 @@ def report(flips: list[Flip], watch: AnswerWatch, argv: list[str]) -> None:
         else:
             print(f"  {what:32s} n={len(mine):3d}  no answer changed after any event within {ANSWER_WAIT:.0f} s "
                   f"(missed {missed}, already so before the event {already})")
+    print("  each flip, ms (engine events in the 2 s before it): "
+          + " ".join((f"{f.ms:.0f}" if f.ms is not None else "-") + f" ({f.busy})" for f in flips))
+    print(f"  machine: {containers.load_note()}")
+    if inspects:
+        ordered = sorted(inspects)
+        print(f"  engine: one container inspect took median {statistics.median(ordered) * 1000:.1f} ms, "
+              f"p90 {ordered[int(len(ordered) * 0.9)] * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms "
+              f"({len(ordered)} probes during the flips; dockerdns makes one per event)")
     print(f"  (the watch asked {watch.queries} times, ~{AnswerWatch.PAUSE * 1000:.1f} ms apart plus a round trip; "
           f"{watch.lost} queries unanswered)")
 
@@ -151,11 +197,11 @@ def main(argv: list[str]) -> int:
         containers.dockerd.ensure_image()
         client = docker.from_env(version="auto")
         with tempfile.TemporaryDirectory(prefix="health-") as tmp:
-            flips, watch = containers.with_engine_retries(client, "health", lambda: run(client, args, tmp))
+            flips, watch, inspects = containers.with_engine_retries(client, "health", lambda: run(client, args, tmp))
     except (BenchError, containers.dockerd.DockerdError) as error:
         print(f"health: {error}", file=sys.stderr)
         return 1
-    report(flips, watch, argv)
+    report(flips, watch, inspects, argv)
     return 0 if all(f.ms is not None for f in flips) else 1
 
 

@@ -325,6 +325,7 @@ def seconds(values: list[float], how: str) -> str:
 
 def print_table(summaries: list[Summary], argv: list[str]) -> None:
     print("command: python3 bench/wrong_host.py " + " ".join(argv))
+    print(f"machine: {containers.load_note()}")
     print(f"{RATE} requests/s through nginx; per configuration {summaries[0].rounds} restarts "
           f"(stop backend, filler takes its address, start backend)")
     head = ("configuration", "filler responses", "502s", "other errors", "last filler after stop: max",
