@@ -229,7 +229,7 @@ def cacheable(data: bytes) -> Cacheable | None:
             pos = end
     except (struct.error, IndexError):
         return None
-    if rcode == RCODE.NOERROR and an:
+    if rcode == RCODE.NOERROR and an and section_ttls:
         ttl = min(section_ttls)
     elif negative_ttl is not None:
         ttl = negative_ttl
@@ -261,6 +261,8 @@ def _skip_name(data: bytes, pos: int) -> int:
 
 
 MAX_POINTERS = 16  # compression pointers one name may follow; real names need one or two
+DECODED_PER_OCTET = 4  # octets of names a message may decode to, per octet of the message
+TOO_MANY = 1 << 30
 
 
 def read_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
@@ -324,14 +326,21 @@ def sections(data: bytes) -> Sections | None:
                 return None
             pos = name[1] + 4
         records = []
+        # What dnslib would decode, in octets: pointers to long names make it far more than the
+        # message's size; past DECODED_PER_OCTET times that, the message is refused (Rule 4).
+        budget = DECODED_PER_OCTET * len(data) + 1024
         for _ in range(an + ns + ar):
             name = read_name(data, pos)
             if name is None:
                 return None
+            budget -= len(name[0])
             start, pos = pos, name[1]
             rtype, _, _, rdlen = struct.unpack_from("!HHIH", data, pos)
             pos += 10 + rdlen
-            if pos > len(data) or not _rdata_names_bounded(data, rtype, pos - rdlen, pos):
+            if pos > len(data):
+                return None
+            budget -= _rdata_names(data, rtype, pos - rdlen, pos)
+            if budget < 0:
                 return None
             records.append((start, pos, rtype))
     except struct.error:
@@ -348,27 +357,32 @@ _RDATA_NAMES = {2: (0, 1), 5: (0, 1), 12: (0, 1), 39: (0, 1), 15: (2, 1), 33: (6
 NAPTR = 35  # order, preference, three character-strings, then the replacement name
 
 
-def _rdata_names_bounded(data: bytes, rtype: int, start: int, end: int) -> bool:
-    """True when the names inside a record's rdata read within the bounds of `read_name` (Rule 4)."""
+def _rdata_names(data: bytes, rtype: int, start: int, end: int) -> int:
+    """The octets of the names inside a record's rdata, read within the bounds of `read_name` (Rule 4).
+
+    A name that does not read, or runs past the rdata, counts as too many.
+    """
     if rtype == NAPTR:
         pos = start + 4
         for _ in range(3):
             if pos >= end:
-                return False
+                return TOO_MANY
             pos += data[pos] + 1
         layout = (pos - start, 1)
     else:
         found = _RDATA_NAMES.get(rtype)
         if found is None:
-            return True
+            return 0
         layout = found
     pos = start + layout[0]
+    octets = 0
     for _ in range(layout[1]):
         name = read_name(data, pos)
         if name is None or name[1] > end:
-            return False
+            return TOO_MANY
+        octets += len(name[0])
         pos = name[1]
-    return True
+    return octets
 
 
 def _question_end(data: bytes) -> int:
