@@ -279,7 +279,7 @@ class NamingTarget:
         if draw.int(0, 3) == 0:
             owner = mutate_inspect(copy.deepcopy(self.fixtures[draw.int(0, len(self.fixtures) - 1)]), draw)
         published = self.naming.records_for_container(inspect, self.settings[draw.int(0, 1)], owner)
-        assert isinstance(published, self.naming.Published)
+        assert isinstance(published, (self.naming.Published, self.naming.Ignored, self.naming.NotRunning))
         for record in published.records:
             assert isinstance(record, self.Record) and isinstance(record.name, str)
             if not record.name.isascii() or VALID_NAME.fullmatch(record.name) is None:

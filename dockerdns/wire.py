@@ -69,9 +69,11 @@ def decode(data: bytes) -> DNSRecord | Malformed | None:
             return _refusal(ident, flags, opt, RCODE.FORMERR)  # a question's name has nothing to point at
         end = name[1] + 4
     if ar:
-        if opt is None or len(data) - len(opt) != end:
-            return _refusal(ident, flags, opt, RCODE.FORMERR)  # not one OPT, owned by the root, at the end
-        opt = opt[:9] + b"\x00\x00"  # its options dropped: nobody reads them
+        # The one OPT, owned by the root, right after the question and ending the packet.
+        if data[end:end + 3] != b"\x00\x00\x29" or end + 11 > len(data) or \
+                end + 11 + int.from_bytes(data[end + 9:end + 11], "big") != len(data):
+            return _refusal(ident, flags, opt, RCODE.FORMERR)
+        opt = data[end:end + 9] + b"\x00\x00"  # its options dropped: nobody reads them
     elif end != len(data):
         return _refusal(ident, flags, None, RCODE.FORMERR)  # trailing bytes
     trimmed = data[:HEADER_LEN] + data[HEADER_LEN:end] + (opt or b"")
@@ -265,14 +267,16 @@ DECODED_PER_OCTET = 4  # octets of names a message may decode to, per octet of t
 TOO_MANY = 1 << 30
 
 
-def read_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
+def read_name(data: bytes, pos: int, memo: dict[int, tuple[bytes, int]] | None = None) -> tuple[bytes, int] | None:
     """The name at `pos` in wire format, lower-case, pointers followed; and the offset after it.
 
     Bounded work whatever `data` holds: a pointer must point strictly before
     the name it is part of, at most MAX_POINTERS are followed, and the name
     may not exceed 255 octets (RFC 1035 sections 3.1 and 4.1.4). None when
-    any of that fails.
+    any of that fails. `memo` (one per message) remembers the names read
+    from each start, so that many pointers to one long name cost one read.
     """
+    start = pos
     out = bytearray()
     after = -1
     floor = pos  # a pointer must go strictly backwards, before every part read so far
@@ -284,7 +288,12 @@ def read_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
         length = data[pos]
         if length == 0:
             out.append(0)
-            return (bytes(out).lower(), after if after >= 0 else pos + 1) if len(out) <= MAX_NAME_OCTETS else None
+            if len(out) > MAX_NAME_OCTETS:
+                return None
+            name = bytes(out).lower()
+            if memo is not None:
+                memo[start] = (name, hops)
+            return name, after if after >= 0 else pos + 1
         if length & 0xC0 == 0xC0:
             if pos + 1 >= size or hops >= MAX_POINTERS:
                 return None
@@ -294,6 +303,15 @@ def read_name(data: bytes, pos: int) -> tuple[bytes, int] | None:
             if after < 0:
                 after = pos + 2
             hops += 1
+            known = memo.get(target) if memo is not None else None
+            if known is not None:  # read before, from its start: the rest of this name is that
+                out += known[0]
+                hops += known[1]  # its pointers count as if followed again: chains stay bounded
+                if len(out) > MAX_NAME_OCTETS or hops > MAX_POINTERS:
+                    return None
+                name = bytes(out).lower()
+                memo[start] = (name, hops)  # type: ignore[index]  # memo is not None when known is set
+                return name, after
             pos = floor = target
             continue
         if length & 0xC0:
@@ -320,8 +338,9 @@ def sections(data: bytes) -> Sections | None:
         if qd > 1:
             return None
         pos = HEADER_LEN
+        memo: dict[int, tuple[bytes, int]] = {}
         if qd:
-            name = read_name(data, pos)
+            name = read_name(data, pos, memo)
             if name is None:
                 return None
             pos = name[1] + 4
@@ -330,7 +349,7 @@ def sections(data: bytes) -> Sections | None:
         # message's size; past DECODED_PER_OCTET times that, the message is refused (Rule 4).
         budget = DECODED_PER_OCTET * len(data) + 1024
         for _ in range(an + ns + ar):
-            name = read_name(data, pos)
+            name = read_name(data, pos, memo)
             if name is None:
                 return None
             budget -= len(name[0])
@@ -339,7 +358,7 @@ def sections(data: bytes) -> Sections | None:
             pos += 10 + rdlen
             if pos > len(data):
                 return None
-            budget -= _rdata_names(data, rtype, pos - rdlen, pos)
+            budget -= _rdata_names(data, rtype, pos - rdlen, pos, memo)
             if budget < 0:
                 return None
             records.append((start, pos, rtype))
@@ -357,7 +376,7 @@ _RDATA_NAMES = {2: (0, 1), 5: (0, 1), 12: (0, 1), 39: (0, 1), 15: (2, 1), 33: (6
 NAPTR = 35  # order, preference, three character-strings, then the replacement name
 
 
-def _rdata_names(data: bytes, rtype: int, start: int, end: int) -> int:
+def _rdata_names(data: bytes, rtype: int, start: int, end: int, memo: dict[int, tuple[bytes, int]]) -> int:
     """The octets of the names inside a record's rdata, read within the bounds of `read_name` (Rule 4).
 
     A name that does not read, or runs past the rdata, counts as too many.
@@ -377,7 +396,7 @@ def _rdata_names(data: bytes, rtype: int, start: int, end: int) -> int:
     pos = start + layout[0]
     octets = 0
     for _ in range(layout[1]):
-        name = read_name(data, pos)
+        name = read_name(data, pos, memo)
         if name is None or name[1] > end:
             return TOO_MANY
         octets += len(name[0])

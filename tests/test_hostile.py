@@ -71,43 +71,9 @@ FORMERR, REFUSED = dns.rcode.FORMERR, dns.rcode.REFUSED
 
 FAMILIES = {family.name: family for family in hostile.FAMILIES}
 
-# Bugs found here, each pinned by a strict xfail until the decoder is changed (see the report on h-hostile).
-MANY_OPTS = "RFC 6891 section 6.1.1: more than one OPT is FORMERR, but wire.decode hands every OPT to dnslib first"
-OPT_OWNER = ("an OPT's owner must be the root (RFC 6891 section 6.1.2); wire.decode copies OPTs elsewhere, where "
-             "their validated pointers land on other bytes, and dnslib follows whatever chain they find")
-LABEL_WALK = ("wire.sections reads every owner and rdata name of a query in full (up to 124 labels each), though "
-              "dnslib never sees them: records pointing at a long question cost milliseconds")
-OPTIONS = "dnslib parses every EDNS option of the OPT, though no option of a query is used"
-RDATA_NAMES = ("wire._RDATA_NAMES leaves out RP, NAPTR, RRSIG and NSEC, whose rdata names dnslib decodes: an "
-               "upstream reply chaining them costs seconds")
-REPLY_LABELS = "an upstream reply of records pointing at a long question: every name decoded by dnslib in full"
-
-WORK_XFAIL = {
-    ("124 labels x answer owners", "udp"): LABEL_WALK,
-    ("124 labels x answer owners", "tcp"): LABEL_WALK,
-    ("124 labels x SOA rdata", "udp"): LABEL_WALK,
-    ("124 labels x SOA rdata", "tcp"): LABEL_WALK,
-    ("many OPT options", "udp"): OPTIONS,
-    ("many OPT options", "tcp"): OPTIONS,
-    ("many OPT records", "udp"): MANY_OPTS,
-    ("many OPT records", "tcp"): MANY_OPTS,
-    ("many OPTs, owner -> 124 labels", "udp"): OPT_OWNER,
-    ("many OPTs, owner -> 124 labels", "tcp"): OPT_OWNER,
-    ("OPTs moved onto a chain", "udp"): OPT_OWNER,
-    ("OPTs moved onto a chain", "tcp"): OPT_OWNER,
-}
-REPLY_XFAIL = {
-    ("RRSIG signer chain", 1232): RDATA_NAMES,
-    ("RRSIG signer chain", 16384): RDATA_NAMES,
-    ("NSEC next-name chain", 1232): RDATA_NAMES,
-    ("NSEC next-name chain", 16384): RDATA_NAMES,
-    ("RP mailbox chain", 1232): RDATA_NAMES,
-    ("RP mailbox chain", 16384): RDATA_NAMES,
-    ("NAPTR replacement chain", 1232): RDATA_NAMES,
-    ("NAPTR replacement chain", 16384): RDATA_NAMES,
-    ("124 labels x A", 1232): REPLY_LABELS,
-    ("124 labels x A", 16384): REPLY_LABELS,
-}
+# Bugs found here were fixed in wire.py; one still open would be pinned by a strict xfail here.
+WORK_XFAIL: dict[tuple[str, Any], str] = {}
+REPLY_XFAIL: dict[tuple[str, Any], str] = {}
 
 
 def packet_of(family: Any, transport: str) -> bytes:
@@ -233,14 +199,12 @@ def test_malformed_families_do_not_parse(family: Any) -> None:
         assert isinstance(decoded, wire.Malformed), (transport, decoded)
 
 
-@pytest.mark.xfail(strict=True, reason=MANY_OPTS)
 @pytest.mark.parametrize("name", ["many OPT records", "many OPTs, owner -> 124 labels", "OPTs moved onto a chain"])
 def test_more_than_one_opt_is_malformed(name: str) -> None:
     """A query with more than one OPT is Malformed to wire.decode itself, before dnslib parses any."""
     assert isinstance(wire.decode(packet_of(FAMILIES[name], "udp")), wire.Malformed)
 
 
-@pytest.mark.xfail(strict=True, reason=OPT_OWNER)
 def test_opt_owner_not_root_is_malformed() -> None:
     """An OPT whose owner is not the root is Malformed (RFC 6891 section 6.1.2)."""
     packet = hostile.header(ar=1) + hostile.question() + hostile.opt(owner=b"\x01a\x00")
@@ -253,7 +217,6 @@ def test_opt_owner_not_root_is_malformed() -> None:
     pytest.param(hostile.RP, b"", b"\x00", id="RP"),
     pytest.param(hostile.NAPTR, struct.pack("!HH", 1, 1) + b"\x00\x00\x00", b"", id="NAPTR"),
 ])
-@pytest.mark.xfail(strict=True, reason=RDATA_NAMES)
 def test_sections_bounds_every_rdata_name_dnslib_reads(rtype: int, before: bytes, after: bytes) -> None:
     """A reply whose rdata names chain back 20 records is rejected by wire.sections, whatever the type."""
     q = hostile.question()
@@ -263,7 +226,6 @@ def test_sections_bounds_every_rdata_name_dnslib_reads(rtype: int, before: bytes
     assert wire.sections(reply) is None
 
 
-@pytest.mark.xfail(strict=True, reason="wire.cacheable: min() of no TTLs when the answer section holds only OPTs")
 def test_cacheable_never_raises() -> None:
     """wire.cacheable of a NOERROR reply whose answer section is an OPT record says 'not cacheable'."""
     reply = (hostile.header(an=1, flags=hostile.RESPONSE) + hostile.question(qtype=hostile.OPT)
@@ -472,7 +434,6 @@ def _opt_in_answer(limit: int, q: bytes) -> bytes:
 CACHEABLE = "wire.cacheable: min() of no TTLs when the answer section holds only OPTs"
 
 
-@pytest.mark.xfail(strict=True, reason=CACHEABLE + ": responder._keep raises before send, the client gets nothing")
 @pytest.mark.parametrize("hostile_upstream", [hostile.ReplyFamily("OPT in answer", _opt_in_answer)],
                          ids=["OPT in answer"], indirect=True)
 def test_upstream_opt_in_answer_still_answers(hostile_upstream: tuple[Server, Any]) -> None:
@@ -522,7 +483,6 @@ ITEM_2 = ("issue 15 item 2: a dockerdns.ttl of 4301 digits and a scoped IPv6 add
           "raise (fixed on h-harden: drop this mark when merging it)")
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_2)
 @settings(max_examples=3000, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
@@ -531,7 +491,6 @@ def test_fuzz_naming(data: st.DataObject) -> None:
     NAMING(HypothesisDraw(data))
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_2)
 @pytest.mark.parametrize("where, value", [
     pytest.param("Config.Labels.dockerdns.ttl", "1" * 4301, id="ttl of 4301 digits"),
     pytest.param("NetworkSettings.Networks.*.GlobalIPv6Address", "fe80::1%eth0", id="scoped IPv6 address"),
