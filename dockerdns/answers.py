@@ -27,8 +27,9 @@ Rule 7: a query seen before on the same snapshot skips the reading: what
         queries only: at most `MAX_FAST_QUERY` bytes, no EDNS option but a
         cookie, and an answer that does not depend on the client's
         networks and is not NXDOMAIN (random names would only push out
-        the names that exist). At most `MAX_REMEMBERED` queries; past it, the memo starts
-        over. Rotation still turns per answer.
+        the names that exist). At most `MAX_REMEMBERED` queries; past it,
+        no more are kept until the table changes. Rotation still turns per
+        answer.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
         `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
@@ -440,10 +441,10 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         ready_ = found
         flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
         soa = snapshot.nodata.bodies[0] if ready_.soa else b""
-        if plain and not ready_.networks and ready_ is not snapshot.nxdomain:  # a flood of new names: not kept
-            memo = snapshot.queries
-            if len(memo) >= MAX_REMEMBERED:
-                memo.clear()  # Rule 7: a stranger's variety costs a re-reading, never memory
+        memo = snapshot.queries
+        # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
+        # queries kept first stay until the table changes, and the rest are read each time.
+        if plain and not ready_.networks and ready_ is not snapshot.nxdomain and len(memo) < MAX_REMEMBERED:
             heads = _heads(flags, ready_.counts_opt if opt else ready_.counts)
             memo[seen] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
         if ready_.networks:
