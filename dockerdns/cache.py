@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Cached:
-    """One upstream answer, without its id and its OPT."""
+    """One upstream answer, without its id and its OPT, taken apart once when it is kept."""
 
-    answer: bytes
+    answer: bytes  # the sections after the question
     kept_at: float
     expires: float
-    ttls: tuple[tuple[int, int], ...]  # (offset of a TTL field, its value when kept)
+    ttls: tuple[tuple[int, int], ...]  # (offset of a TTL field in `answer`, its value when kept)
+    flags: int = 0  # the header's flags word, TC and RD cleared (the client's RD goes in)
+    counts: tuple[int, int, int] = (0, 0, 0)  # answer, authority, additional
+    # The answer aged to a whole second of its life: (seconds, bytes), replaced whole when it ages.
+    aged: list[tuple[int, bytes]] = field(default_factory=list, compare=False)
 
 
 Key = tuple[bytes, bytes, bool]  # (lower-case wire name, type and class, DO)

@@ -131,15 +131,16 @@ class Responder:
         found = self.cache.get((q.key, q.qtype, q.opt == answers.OPT_DO), time.monotonic())
         if found is None:
             return None
-        kept = found.answer
         elapsed = int(time.monotonic() - found.kept_at)
-        if elapsed > 0:
-            kept = wire.aged(kept, found.ttls, elapsed)
-        flags = (kept[2] & 0xFE | data[2] & 0x01) << 8 | kept[3]  # the client's RD
-        an_ns_ar = struct.unpack_from("!HHH", kept, 6)
-        counts = struct.pack("!HHHH", 1, an_ns_ar[0], an_ns_ar[1], an_ns_ar[2] + (1 if q.opt else 0))
-        rest = kept[wire.sections(kept).question_end:]  # type: ignore[union-attr]  # kept answers parse
-        return answers.assemble(data, q, flags & ~answers.TC, counts, len(rest), lambda: rest,
+        last = found.aged[-1] if found.aged else None
+        if last is not None and last[0] == elapsed:
+            rest = last[1]
+        else:
+            rest = wire.aged(found.answer, found.ttls, elapsed)
+            found.aged[:] = [(elapsed, rest)]  # one slot: the age of this second, for every client
+        an, ns, ar = found.counts
+        counts = struct.pack("!HHHH", 1, an, ns, ar + (1 if q.opt else 0))
+        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8, counts, len(rest), lambda: rest,
                                 q.udp_limit if limit is None else limit)
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
@@ -224,10 +225,15 @@ class Responder:
         if plain is None:
             return
         keep = wire.cacheable(plain)
-        if keep is None:
+        layout = wire.sections(plain)
+        if keep is None or layout is None:
             return
         now = time.monotonic()
-        self.cache.put((q.key, q.qtype, q.opt == answers.OPT_DO), Cached(plain, now, now + keep.ttl, keep.ttls))
+        start = layout.question_end
+        flags = int.from_bytes(plain[2:4], "big") & ~(answers.TC | 0x0100)
+        cached = Cached(plain[start:], now, now + keep.ttl, tuple((at - start, ttl) for at, ttl in keep.ttls),
+                        flags, layout.counts)
+        self.cache.put((q.key, q.qtype, q.opt == answers.OPT_DO), cached)
 
 
 def _fitted(answer: bytes, query: DNSRecord, limit: int) -> bytes:
