@@ -361,8 +361,9 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     ready_: Ready
     # Rule 7: the query's bytes after the id, its name folded to lower case, so that 0x20 clients
     # (a random letter case on every query) find what was read before too. Nothing else is folded.
-    cut = data.find(0, HEADER_LEN)
-    seen = data[2:HEADER_LEN] + data[HEADER_LEN:cut].lower() + data[cut:]
+    end = data.find(0, HEADER_LEN)  # the end of the question's name, if it has no pointer (checked below)
+    name = data[HEADER_LEN:end].lower()
+    seen = data[2:HEADER_LEN] + name + data[end:]
     remembered = snapshot.queries.get(seen)
     if remembered is not None:
         ready_, heads, size, qend, opt, udp_limit, soa = remembered
@@ -375,7 +376,6 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         size = len(data)
         if size < 17 or size > MAX_FAST_QUERY or data[2] & 0xF8 or data[4:10] != NO_OTHER_RECORDS:
             return None
-        end = data.find(0, HEADER_LEN)
         qend = end + 5
         if end < 0 or qend > size or data[end + 3:qend] != CLASS_IN:
             return None
@@ -398,7 +398,7 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
         qtype = data[end + 1:end + 3]
         if qtype == TYPE_ANY:
             return None
-        key = data[HEADER_LEN:end + 1].lower()
+        key = name + b"\x00"
         aa = AA
         entry = snapshot.index.get(key)
         found: Ready | None | str
