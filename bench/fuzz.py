@@ -329,11 +329,23 @@ def replay(target_name: str, paths: list[str]) -> int:
     files = [os.path.join(p, f) for p in paths if os.path.isdir(p) for f in sorted(os.listdir(p))]
     files += [p for p in paths if os.path.isfile(p)]
     if target_name == "packets":
+        from dockerdns import forwarder, wire
+
         packets = PacketTarget()
+        slowest: dict[str, tuple[float, str]] = {"wire.decode": (0.0, ""), "forwarder._parse_reply": (0.0, "")}
         for path in files:
             with open(path, "rb") as f:
-                packets(f.read())
+                data = f.read()
+            packets(data)
+            for name, read in (("wire.decode", wire.decode), ("forwarder._parse_reply", forwarder._parse_reply)):
+                started = time.process_time()
+                read(data)
+                spent = time.process_time() - started
+                if spent > slowest[name][0]:
+                    slowest[name] = (spent, f"{os.path.basename(path)} ({len(data)} B)")
         print(f"replayed {len(files)} inputs, {packets.known} hit the known wire.cacheable bug")
+        for name, (spent, where) in slowest.items():
+            print(f"slowest {name}: {spent * 1e3:.2f} ms CPU, {where}")
     else:
         naming = NamingTarget()
         for path in files:
@@ -356,12 +368,17 @@ def main() -> int:
     if sys.argv[1:2] == ["--replay"]:
         return replay(target_name, sys.argv[2:])
     with atheris.instrument_imports(include=["dockerdns", "dnslib"]):
-        import dnslib  # noqa: F401
-        import dockerdns.answers  # noqa: F401
-        import dockerdns.forwarder  # noqa: F401
-        import dockerdns.naming  # noqa: F401
-        import dockerdns.rrl  # noqa: F401
-        import dockerdns.wire  # noqa: F401
+        if target_name == "packets":
+            import dnslib  # noqa: F401
+            import dockerdns.answers  # noqa: F401
+            import dockerdns.forwarder  # noqa: F401
+            import dockerdns.rrl  # noqa: F401
+            import dockerdns.wire  # noqa: F401
+        else:
+            import dockerdns.naming  # noqa: F401
+    import dockerdns
+
+    print(f"fuzzing {target_name} of {os.path.dirname(dockerdns.__file__)}", file=sys.stderr, flush=True)
     corpus = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     one_input: Callable[[bytes], None]
     if target_name == "packets":

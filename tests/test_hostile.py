@@ -287,12 +287,11 @@ def test_decode_work_is_bounded(family: Any, transport: str) -> None:
 @pytest.mark.parametrize("family", hostile.FAMILIES, ids=lambda f: f.name)
 def test_fast_path_work_is_bounded(family: Any) -> None:
     """The UDP hot path (answers.answer, answers.question) and the rate limiter's key read little of any family."""
-    table = fuzz.PacketTarget()
     for transport in ("udp", "tcp"):
         packet = packet_of(family, transport)
 
         def read() -> None:
-            answers.answer(packet, table.snapshot, True, "127.0.0.1")
+            answers.answer(packet, PACKETS.snapshot, True, "127.0.0.1")
             answers.question(packet)
             rrl.response_key(packet)
             rrl.truncated(packet)
