@@ -352,7 +352,15 @@ def question(data: bytes) -> Question | None:
 
 
 def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | None = None) -> bytes | None:
-    """The answer to the query `data` from the index, or None: then the full resolver answers (Rule 6).
+    """The answer to the query `data` from the index, or None: then the full resolver answers (Rule 6)."""
+    out = respond(data, snapshot, ra, client, limit)
+    return out if isinstance(out, bytes) else None
+
+
+def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
+            limit: int | None = None) -> bytes | Question | None:
+    """The answer to the query `data` from the index; its Question when the name is not ours (the
+    upstream cache may hold it, and need not read the query again); None: the full resolver answers.
 
     `limit` is the transport's: None for UDP (the client's EDNS size, capped
     at ours, or 512), the TCP maximum otherwise. This is the hot path: it
@@ -366,6 +374,8 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     seen = data[2:HEADER_LEN] + name + data[end:]
     remembered = snapshot.queries.get(seen)
     if remembered is not None:
+        if remembered.__class__ is Question:
+            return remembered  # not ours, read before
         ready_, heads, size, qend, opt, udp_limit, soa = remembered
         if size <= (udp_limit if limit is None else limit):
             bodies = ready_.bodies
@@ -415,7 +425,7 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
                     return None
                 entry = snapshot.index.get(key[:-1] + snapshot.zone_wire)
                 if entry is None:
-                    return None  # not ours: forwarded
+                    return _not_ours(snapshot, seen, plain, Question(key, qtype, qend, opt, udp_limit))
                 found = entry.types.get(qtype, entry.other)
                 if found is NODATA:
                     found = EMPTY
@@ -432,7 +442,7 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
             elif snapshot.wildcards:
                 return None  # an absolute wildcard may hold it: the full resolver decides
             else:
-                return None  # not ours: forwarded
+                return _not_ours(snapshot, seen, plain, Question(key, qtype, qend, opt, udp_limit))
         if found is None:
             return None
         if found is NODATA:
@@ -465,6 +475,14 @@ def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | 
     bodies = ready_.bodies
     return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
                      bodies[0] if len(bodies) == 1 else ready_.body(), soa, opt))
+
+
+def _not_ours(snapshot: Snapshot, seen: bytes, plain: bool, q: Question) -> Question:
+    """A name that is not ours: its Question, remembered (Rule 7) so the next time costs one lookup."""
+    memo = snapshot.queries
+    if plain and len(memo) < MAX_REMEMBERED:
+        memo[seen] = q
+    return q
 
 
 def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, body: Callable[[], bytes],

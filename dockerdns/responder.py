@@ -91,14 +91,16 @@ class Responder:
             started = time.perf_counter()
         if not self._allowed[1].get(client) and not self.allowed(client):
             return None
-        out = answers.answer(data, self.table.snapshot, self._ra, client)
-        if out is None:
-            q = answers.question(data)
-            if q is None:
+        found = answers.respond(data, self.table.snapshot, self._ra, client)
+        if found is None:
+            return None
+        if isinstance(found, bytes):
+            out = found
+        else:
+            cached = self._cached(data, found, None)  # a Question: not ours, perhaps kept from upstream
+            if cached is None:
                 return None
-            out = self._cached(data, q, None)
-            if out is None:
-                return None
+            out = cached
         end = out.find(0, answers.HEADER_LEN)
         counters = self._by_qtype.get(out[end + 1:end + 3]) or self._udp_counters(out)
         next(counters[out[3] & 0x0F])
@@ -120,11 +122,10 @@ class Responder:
 
     def _local(self, data: bytes, client: str, limit: int | None) -> bytes | None:
         """From the index (Rule 3), else from the upstream cache; None when neither has it."""
-        out = answers.answer(data, self.table.snapshot, self._ra, client, limit)
-        if out is not None:
-            return out
-        q = answers.question(data)
-        return None if q is None else self._cached(data, q, limit)
+        found = answers.respond(data, self.table.snapshot, self._ra, client, limit)
+        if found is None or isinstance(found, bytes):
+            return found
+        return self._cached(data, found, limit)  # a Question: not ours, perhaps kept from upstream
 
     def _cached(self, data: bytes, q: answers.Question, limit: int | None) -> bytes | None:
         """The answer from the upstream cache (Rule 4), or None."""
