@@ -457,7 +457,7 @@ def test_tcp_accept_survives_thread_start_failures(monkeypatch: pytest.MonkeyPat
 def test_out_of_file_descriptors_backs_off_and_recovers(wait_for: Callable[..., Any]) -> None:
     """Under a low fd limit a flood of HTTP connections makes accept() fail with EMFILE: the server backs off instead
     of spinning, says so once, and answers /healthz and DNS over TCP again once the flood is gone."""
-    server = ServerProcess("--http", "127.0.0.1:0", "--no-forward", wrap=("prlimit", "--nofile=40:40", "--"))
+    server = ServerProcess("--http", "127.0.0.1:0", "--no-forward", wrap=("prlimit", "--nofile=30:30", "--"))
     clients: list[socket.socket] = []
     try:
         http_line = wait_for(lambda: next((line for line in server.lines if "HTTP status on" in line), None))
@@ -466,7 +466,7 @@ def test_out_of_file_descriptors_backs_off_and_recovers(wait_for: Callable[..., 
         http_addr = ("127.0.0.1", int(found.group(1)))
         for _ in range(80):
             clients.append(socket.create_connection(http_addr, timeout=5))
-        wait_for(lambda: any("out of resources" in line for line in server.lines), timeout=5, what="EMFILE")
+        wait_for(lambda: any("out of resources" in line for line in server.lines), timeout=15, what="EMFILE")
         before = server.cpu()
         started = time.monotonic()
         wait_for(lambda: time.monotonic() - started >= 2.0, interval=0.1, what="a two-second window")
