@@ -789,7 +789,7 @@ def forwarded_cost(pid: int, port: int, long_names: bool, count: int, max_cpu: f
             waiting = set()
             for i in range(cost.sent, cost.sent + batch):
                 first = f"q{i}".encode()
-                name = wire_name([first] + [b"a"] * 121 + [b"example"]) if long_names else \
+                name = wire_name([first] + [b"a"] * 120 + [b"example"]) if long_names else \
                     wire_name([first, b"example"])
                 sock.send(header(ident=i & 0xFFFF) + question(name))
                 waiting.add(i & 0xFFFF)
