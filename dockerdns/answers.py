@@ -49,7 +49,7 @@ import functools
 import ipaddress
 import itertools
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -57,7 +57,7 @@ from dnslib import QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from .records import Record, in_zone
 from .resolver import EDNS_PAYLOAD, Lookup, Resolution, lookup, rdata, soa_rr, source_aware
-from .snapshot import Snapshot
+from .snapshot import SHARD_MASK, Snapshot
 from .wire import pack
 
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
@@ -72,7 +72,8 @@ QR, AA, TC = 0x8000, 0x0400, 0x0200
 NOERROR, NXDOMAIN = 0, 3
 TYPE_A, TYPE_AAAA, TYPE_ANY = b"\x00\x01", b"\x00\x1c", b"\x00\xff"
 CLASS_IN = b"\x00\x01"
-NO_OTHER_RECORDS = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QDCOUNT 1, no other records
+ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... and one additional record (the OPT)
 OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 # Our OPT (RFC 6891): payload size, extended rcode 0, version 0, DO as asked (RFC 3225), no options.
 OPT_PLAIN = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0, 0)
@@ -80,35 +81,24 @@ OPT_DO = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0x8000, 0)
 TC_COUNTS = struct.pack("!HHHH", 1, 0, 0, 0)  # a truncated answer: the question alone ...
 TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)  # ... and the OPT
 _H = struct.Struct("!H").pack
+NO_NETWORKS: frozenset[str] = frozenset()  # shared: an empty frozenset takes 216 bytes
 
 
-class Ready:
-    """The answer to one (name, type): header flags, counts and the sections after the question."""
+class Rotation:
+    """The orders of a rotating RRset (Rule 4): packed in advance, or its records joined per query."""
 
-    __slots__ = ("flags", "counts", "counts_opt", "bodies", "chunks", "head", "tail", "size", "turns",
-                 "networks", "variants", "found", "soa", "short")
+    __slots__ = ("bodies", "chunks", "head", "tail", "turns")
 
-    def __init__(self, flags: int, an: int, ns: int, ar: int, bodies: tuple[bytes, ...] = (b"",),
-                 chunks: tuple[bytes, ...] = (), head: bytes = b"", tail: bytes = b"") -> None:
-        self.flags = flags  # QR, AA and the rcode; RD and RA are added per query
-        self.counts = _counts(an, ns, ar)
-        self.counts_opt = _counts(an, ns, ar + 1)
-        self.bodies = bodies  # one per rotation (Rule 4); empty when `chunks` are joined instead
+    def __init__(self, bodies: tuple[bytes, ...] = (), chunks: tuple[bytes, ...] = (), head: bytes = b"",
+                 tail: bytes = b"") -> None:
+        self.bodies = bodies  # one per order; empty when `chunks` are joined instead
         self.chunks = chunks  # the rotating records, for RRsets longer than PREBUILT_ROTATIONS
         self.head, self.tail = head, tail  # what comes before and after the chunks
-        self.size = len(bodies[0]) if bodies else len(head) + sum(map(len, chunks)) + len(tail)
-        self.turns = itertools.count() if len(bodies) != 1 else None  # only what rotates needs a counter
-        self.networks: frozenset[str] = frozenset()  # non-empty: source-aware (Rule 5)
-        self.variants: dict[frozenset[str], Ready] | None = None
-        self.found: Resolution | None = None  # what it was built from, for source-aware variants
-        self.short: Ready | None = None  # the same without its additional records (RFC 2181 section 9)
-        self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
+        self.turns = itertools.count()
 
-    def body(self) -> bytes:
+    def next(self) -> bytes:
+        turn = next(self.turns)
         bodies = self.bodies
-        if len(bodies) == 1:
-            return bodies[0]
-        turn = next(self.turns)  # type: ignore[arg-type]  # set whenever there is more than one body
         if bodies:
             return bodies[turn % len(bodies)]
         chunks = self.chunks
@@ -116,10 +106,54 @@ class Ready:
         return b"".join((self.head, *chunks[k:], *chunks[:k], self.tail))
 
 
-@functools.lru_cache(maxsize=4096)
-def _heads(flags: int, counts: bytes) -> tuple[bytes, bytes]:
-    """The header after the id, without RA and with it: shared by every remembered query that has it."""
-    return _H(flags) + counts, _H(flags | 0x80) + counts
+class Aware:
+    """What a source-aware answer needs to build a client's variant (Rule 5)."""
+
+    __slots__ = ("networks", "found", "variants")
+
+    def __init__(self, networks: frozenset[str], found: Resolution) -> None:
+        self.networks = networks  # the networks of the answer's addresses
+        self.found = found  # what the answer was built from
+        self.variants: dict[frozenset[str], Ready] | None = None
+
+
+class Ready:
+    """The answer to one (name, type): header flags, counts and the sections after the question.
+
+    Kept small (one per name the table holds): what only rotating or
+    source-aware answers need lives in `rotation` and `aware`.
+    """
+
+    __slots__ = ("flags", "counts", "counts_opt", "fixed", "rotation", "size", "aware", "short", "soa")
+
+    def __init__(self, flags: int, an: int, ns: int, ar: int, fixed: bytes | None = b"",
+                 rotation: Rotation | None = None) -> None:
+        self.flags = _shared(flags)  # QR, AA and the rcode; RD and RA are added per query
+        self.counts = _counts(an, ns, ar)
+        self.counts_opt = _counts(an, ns, ar + 1)
+        self.fixed = fixed  # the sections after the question; None when they rotate
+        self.rotation = rotation
+        if rotation is None:
+            self.size = len(fixed or b"")
+        elif rotation.bodies:
+            self.size = len(rotation.bodies[0])
+        else:
+            self.size = len(rotation.head) + sum(map(len, rotation.chunks)) + len(rotation.tail)
+        self.aware: Aware | None = None  # set: source-aware (Rule 5)
+        self.short: Ready | None = None  # the same without its additional records (RFC 2181 section 9)
+        self.soa = False  # the snapshot's SOA follows in authority (a chain that ends negative in the zone)
+
+    def body(self) -> bytes:
+        fixed = self.fixed
+        return fixed if fixed is not None else self.rotation.next()  # type: ignore[union-attr]
+
+
+_SHARED: dict[int, int] = {}
+
+
+def _shared(value: int) -> int:
+    """One int object per flags value: ints above 256 cost 32 bytes each, and there are a few values."""
+    return _SHARED.setdefault(value, value)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -128,17 +162,42 @@ def _counts(an: int, ns: int, ar: int) -> bytes:
     return struct.pack("!HHHH", 1, an, ns, ar)
 
 
-class Entry:
-    """The ready answers of one name: by query type, and for every other type."""
+@functools.lru_cache(maxsize=256)
+def qtype_key(qtype: int) -> bytes:
+    """A type as the query carries it (2 bytes); one object per type."""
+    return struct.pack("!H", qtype)
 
-    __slots__ = ("types", "other")
+
+class Entry:
+    """The ready answers of one name: A and AAAA, other types held, and every other type.
+
+    Each is a Ready, None (the full resolver answers it), or NODATA (the
+    snapshot's own). A and AAAA have slots of their own (most queries ask
+    for them, and a dict per name costs 200 bytes).
+    """
+
+    __slots__ = ("a", "aaaa", "types", "other")
 
     def __init__(self, types: dict[bytes, Ready | None], other: Ready | None | str):
-        self.types = types  # 2-byte QTYPE -> answer; None: the full resolver answers it
-        self.other = other  # NODATA (the snapshot's), EMPTY (outside the zone), or None: full resolver
+        self.a = types.pop(TYPE_A, other)
+        self.aaaa = types.pop(TYPE_AAAA, other)
+        self.types = types or None  # other 2-byte QTYPEs -> answer
+        self.other = other  # NODATA (the snapshot's), EMPTY_AA (outside the zone), or None: full resolver
+
+    def find(self, qtype: bytes) -> Ready | None | str:
+        if qtype == TYPE_A:
+            return self.a
+        if qtype == TYPE_AAAA:
+            return self.aaaa
+        types = self.types
+        return self.other if types is None else types.get(qtype, self.other)
+
+    def held(self) -> set[bytes]:
+        """The types this entry holds answers of its own for."""
+        return {*(self.types or ()), *(t for t, r in ((TYPE_A, self.a), (TYPE_AAAA, self.aaaa)) if r is not self.other)}
 
 
-NODATA = "nodata"  # `Entry.other`: the snapshot's own NODATA (its SOA serial changes with the table)
+NODATA = "nodata"  # an answer: the snapshot's own NODATA (its SOA serial changes with the table)
 EMPTY_AA = Ready(QR | AA, 0, 0, 0)  # a name we hold outside the zone, another type: NOERROR, no SOA
 EMPTY = Ready(QR, 0, 0, 0)  # a single label without the type: NODATA without an out-of-bailiwick SOA
 ENT = Entry({}, NODATA)  # an empty non-terminal of the zone: NODATA for every type, RFC 8020
@@ -146,8 +205,13 @@ ENT = Entry({}, NODATA)  # an empty non-terminal of the zone: NODATA for every t
 
 def wire_name(name: str) -> bytes:
     """The lower-case wire format of an absolute name ("db.docker." -> b"\\x02db\\x06docker\\x00")."""
+    return wire_key(name) + b"\x00"
+
+
+def wire_key(name: str) -> bytes:
+    """The key of an absolute name in the index: its wire format without the root's zero byte."""
     labels = [label.encode("ascii") for label in name.rstrip(".").split(".") if label] if name != "." else []
-    return b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    return b"".join(bytes((len(label),)) + label for label in labels)
 
 
 # --- Built by the writer ---------------------------------------------------------
@@ -156,7 +220,7 @@ def wire_name(name: str) -> bytes:
 def negatives(snapshot: Snapshot) -> tuple[Ready, Ready]:
     """The snapshot's NODATA and NXDOMAIN: its SOA in authority (RFC 2308 section 3)."""
     body = _pack_records([], [soa_rr(snapshot)], DNSQuestion("."))[0]
-    return Ready(QR | AA | NOERROR, 0, 1, 0, (body,)), Ready(QR | AA | NXDOMAIN, 0, 1, 0, (body,))
+    return Ready(QR | AA | NOERROR, 0, 1, 0, body), Ready(QR | AA | NXDOMAIN, 0, 1, 0, body)
 
 
 def entry_for(name: str, snapshot: Snapshot) -> Entry | None:
@@ -175,7 +239,7 @@ def entry_for(name: str, snapshot: Snapshot) -> Entry | None:
     types: dict[bytes, Ready | None] = {}
     for rtype in rtypes:
         qtype = getattr(QTYPE, rtype)
-        types[struct.pack("!H", qtype)] = ready(name, qtype, lookup(name, qtype, snapshot), snapshot=apex)
+        types[qtype_key(qtype)] = ready(name, qtype, lookup(name, qtype, snapshot), snapshot=apex)
     other: Ready | None | str
     if rrsets is not None and "CNAME" in rrsets:
         other = None  # a chain for a rarer type: the full resolver
@@ -213,15 +277,17 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
         step = found.answer[0]
         rows = list(step.records) if near is None or rotating < 0 else _near(step.records, near)
         chunks = tuple(_address_rr(rec) for rec in rows)
-        if len(chunks) <= PREBUILT_ROTATIONS:
-            built = Ready(flags, len(rows), *counts,
-                          tuple(b"".join(chunks[k:] + chunks[:k]) for k in range(len(chunks))) or (b"",))
+        if len(chunks) <= 1:
+            built = Ready(flags, len(rows), *counts, chunks[0] if chunks else b"")
+        elif len(chunks) <= PREBUILT_ROTATIONS:
+            orders = tuple(b"".join(chunks[k:] + chunks[:k]) for k in range(len(chunks)))
+            built = Ready(flags, len(rows), *counts, None, Rotation(orders))
         else:
-            built = Ready(flags, len(rows), *counts, (), chunks)
+            built = Ready(flags, len(rows), *counts, None, Rotation((), chunks))
     elif rotating < 0:
         question = DNSQuestion(name, qtype)
         body, _ = _pack_steps(question, found, -1, [], authority, additional)
-        built = Ready(flags, len(_records(found)), *counts, (body,))
+        built = Ready(flags, len(_records(found)), *counts, body)
     else:
         question = DNSQuestion(name, qtype)
         records = found.answer[rotating].records
@@ -230,11 +296,13 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
         if len(rows) <= PREBUILT_ROTATIONS:
             bodies = tuple(_pack_steps(question, found, rotating, rows[k:] + rows[:k], authority, additional)[0]
                            for k in range(len(rows)))
-            built = Ready(flags, count, *counts, bodies)
+            built = Ready(flags, count, *counts, bodies[0]) if len(bodies) == 1 else \
+                Ready(flags, count, *counts, None, Rotation(bodies))
         else:
             body, spans = _pack_steps(question, found, rotating, rows, authority, additional)
             chunks = tuple(body[start:end] for start, end in spans)
-            built = Ready(flags, count, *counts, (), chunks, body[:spans[0][0]], body[spans[-1][1]:])
+            built = Ready(flags, count, *counts, None,
+                          Rotation((), chunks, body[:spans[0][0]], body[spans[-1][1]:]))
     built.soa = later_soa
     if additional:
         # RFC 2181 section 9: when the whole does not fit, the additional records go first.
@@ -243,8 +311,7 @@ def ready(name: str, qtype: int, found: Resolution, near: frozenset[str] | None 
                  *(rec for step in found.additional for rec in step.records)]
     spanned = {rec.network for rec in addresses}
     if near is None and len(spanned) > 1:  # Rule 5: a client's networks can change this answer
-        built.networks = frozenset(net for net in spanned if net is not None)
-        built.found = found
+        built.aware = Aware(frozenset(net for net in spanned if net is not None), found)
     return built
 
 
@@ -299,14 +366,15 @@ def _pack_records(answer: list[RR], authority: list[RR], question: DNSQuestion |
 
 def variant(base: Ready, near: frozenset[str]) -> Ready:
     """`base` for a client whose networks among the RRset's are `near`, built on first use (Rule 5)."""
-    found = base.variants.get(near) if base.variants is not None else None
+    aware = base.aware
+    assert aware is not None
+    found = aware.variants.get(near) if aware.variants is not None else None
     if found is None:
-        assert base.found is not None
-        built = ready(base.found.answer[0].owner, QTYPE.A, base.found, near)
+        built = ready(aware.found.answer[0].owner, QTYPE.A, aware.found, near)
         assert built is not None
-        variants = base.variants
+        variants = aware.variants
         if variants is None or len(variants) >= MAX_VARIANTS:
-            variants = base.variants = {}  # replaced whole: readers in other threads keep theirs
+            variants = aware.variants = {}  # replaced whole: readers in other threads keep theirs
         variants[near] = found = built
     return found
 
@@ -322,33 +390,44 @@ class Question(NamedTuple):
     end: int  # the offset after the question
     opt: bytes  # the OPT to answer with (ours, DO as asked), or b"" without EDNS
     udp_limit: int  # the largest UDP answer this client takes
+    cache_key: tuple[bytes, bytes, bool] = (b"", b"", False)  # the upstream cache's key (cache.py Rule 1)
+
+
+def _read(data: bytes, end: int) -> tuple[int, bytes, int, bool] | None:
+    """What follows the question's name, which ends at `end` (Rule 6): None when not a plain query.
+
+    Else the offset after the question, the OPT to answer with, the
+    client's UDP limit, and whether the query may be remembered (Rule 7).
+    """
+    size = len(data)
+    qend = end + 5
+    if size > MAX_FAST_QUERY or data[2] & 0xF8 or data[end + 3:qend] != CLASS_IN:
+        return None  # QR set, an opcode other than QUERY, or not a whole question of class IN
+    counts = data[4:HEADER_LEN]
+    if counts == ONE_QUESTION:
+        return (qend, b"", CLASSIC_UDP_LIMIT, True) if qend == size else None
+    if counts != ONE_QUESTION_OPT:
+        return None  # not exactly one question, and at most one additional record
+    # The OPT right after the question: root owner, type, payload, ext-rcode, version, flags, rdlen.
+    if size < qend + 11 or data[qend:qend + 3] != OPT_HEAD or data[qend + 6] or \
+            qend + 11 + int.from_bytes(data[qend + 9:qend + 11], "big") != size:
+        return None  # not an OPT, or an EDNS version other than 0 (BADVERS: the full resolver)
+    # Options (cookies included) are ignored, as RFC 7873 section 5.2 allows a server without cookies.
+    udp_limit = min(max(int.from_bytes(data[qend + 3:qend + 5], "big"), CLASSIC_UDP_LIMIT), EDNS_PAYLOAD)
+    plain = size == qend + 11 or (data[qend + 11:qend + 13] == COOKIE and size <= qend + 55)
+    return qend, OPT_DO if data[qend + 7] & 0x80 else OPT_PLAIN, udp_limit, plain
 
 
 def question(data: bytes) -> Question | None:
     """The question of a plain query (Rule 6), or None: then the full resolver reads it."""
-    size = len(data)
-    if size < 17 or size > MAX_FAST_QUERY or data[2] & 0xF8 or data[4:10] != NO_OTHER_RECORDS:
-        return None  # QR set, an opcode other than QUERY, or not exactly one question
     end = data.find(0, HEADER_LEN)  # the end of the name, if it has no pointer (checked by the index lookup)
-    qend = end + 5
-    if end < 0 or qend > size or data[end + 3:qend] != CLASS_IN:
+    read = _read(data, end) if end > 0 else None
+    if read is None:
         return None
-    arcount = data[10:12]
-    if arcount == b"\x00\x00":
-        if qend != size:
-            return None
-        return Question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, b"", CLASSIC_UDP_LIMIT)
-    if arcount != b"\x00\x01":
-        return None
-    # The OPT right after the question: root owner, type, payload, ext-rcode, version, flags, rdlen.
-    if size < qend + 11 or data[qend:qend + 3] != OPT_HEAD or data[qend + 6]:
-        return None  # not an OPT, or an EDNS version other than 0 (BADVERS: the full resolver)
-    if qend + 11 + int.from_bytes(data[qend + 9:qend + 11], "big") != size:
-        return None
-    # Options (cookies included) are ignored, as RFC 7873 section 5.2 allows a server without cookies.
-    opt = OPT_DO if data[qend + 7] & 0x80 else OPT_PLAIN
-    udp_limit = min(max(int.from_bytes(data[qend + 3:qend + 5], "big"), CLASSIC_UDP_LIMIT), EDNS_PAYLOAD)
-    return Question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, opt, udp_limit)
+    qend, opt, udp_limit, _ = read
+    key = data[HEADER_LEN:end + 1].lower()
+    qtype = data[end + 1:end + 3]
+    return Question(key, qtype, qend, opt, udp_limit, (key, qtype, opt is OPT_DO))
 
 
 def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | None = None) -> bytes | None:
@@ -363,165 +442,179 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     upstream cache may hold it, and need not read the query again); None: the full resolver answers.
 
     `limit` is the transport's: None for UDP (the client's EDNS size, capped
-    at ours, or 512), the TCP maximum otherwise. This is the hot path: it
-    reads what `question` reads, inline.
+    at ours, or 512), the TCP maximum otherwise. This is the hot path.
     """
+    # Rule 7: first the query's bytes after the id as they are (a lower-case name), then with the
+    # name folded to lower case (0x20 clients, a random letter case on every query).
     ready_: Ready
-    # Rule 7: the query's bytes after the id, its name folded to lower case, so that 0x20 clients
-    # (a random letter case on every query) find what was read before too. Nothing else is folded.
-    end = data.find(0, HEADER_LEN)  # the end of the question's name, if it has no pointer (checked below)
-    name = data[HEADER_LEN:end].lower()
-    seen = data[2:HEADER_LEN] + name + data[end:]
-    remembered = snapshot.queries.get(seen)
+    memo = snapshot.queries[ra]
+    seen = data[2:]
+    remembered = memo.get(seen)
+    end = -1
+    if remembered is None:
+        end = data.find(0, HEADER_LEN)  # the end of the question's name, if it has no pointer (checked below)
+        if end < 0:
+            return None
+        asked = data[HEADER_LEN:end]
+        name = asked.lower()
+        if name != asked:
+            seen = data[2:HEADER_LEN] + name + data[end:]
+            remembered = memo.get(seen)
     if remembered is not None:
-        if remembered.__class__ is Question:
+        kind = remembered.__class__
+        if kind is bytes:
+            # The whole answer after the id, its question in lower case: the client's own goes in.
+            if end < 0:
+                return data[:2] + remembered
+            return b"".join((data[:2], remembered[:10], data[HEADER_LEN:end + 5], remembered[end + 3:]))
+        if kind is Question:
             return remembered  # not ours, read before
-        ready_, heads, size, qend, opt, udp_limit, soa = remembered
+        ready_, head, size, qend, opt, udp_limit, soa = remembered  # rotating, or too large for UDP
         if size <= (udp_limit if limit is None else limit):
-            bodies = ready_.bodies
-            return b"".join((data[:2], heads[ra], data[HEADER_LEN:qend],
-                             bodies[0] if len(bodies) == 1 else ready_.body(), soa, opt))
-        flags = int.from_bytes(heads[ra][:2], "big")
+            return b"".join((data[:2], head, data[HEADER_LEN:qend], ready_.body(), soa, opt))
+        return _assemble(data, ready_, int.from_bytes(head[:2], "big"), qend, soa, opt,
+                         udp_limit if limit is None else limit)
+    read = _read(data, end)
+    if read is None:
+        return None
+    qend, opt, udp_limit, plain = read
+    qtype = data[end + 1:end + 3]
+    if qtype == TYPE_ANY:
+        return None
+    aa = AA
+    found: Ready | None | str
+    entry = snapshot.index.shards[hash(name) & SHARD_MASK].get(name)
+    if entry is not None:
+        found = entry.a if qtype == TYPE_A else entry.aaaa if qtype == TYPE_AAAA else entry.find(qtype)
     else:
-        size = len(data)
-        if size < 17 or size > MAX_FAST_QUERY or data[2] & 0xF8 or data[4:10] != NO_OTHER_RECORDS:
-            return None
-        qend = end + 5
-        if end < 0 or qend > size or data[end + 3:qend] != CLASS_IN:
-            return None
-        arcount = data[10:12]
-        plain = True
-        if arcount == b"\x00\x00":
-            if qend != size:
+        zone = snapshot.zone_wire
+        labels = _labels(name, len(name) - len(zone) if name.endswith(zone) else -1)
+        if labels is None:
+            return None  # malformed: the full resolver answers FORMERR
+        if labels == 1:
+            # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
+            if qtype != TYPE_A and qtype != TYPE_AAAA:
                 return None
-            opt = b""
-            udp_limit = CLASSIC_UDP_LIMIT
-        elif arcount == b"\x00\x01":
-            if size < qend + 11 or data[qend:qend + 3] != OPT_HEAD or data[qend + 6] or \
-                    qend + 11 + int.from_bytes(data[qend + 9:qend + 11], "big") != size:
-                return None
-            opt = OPT_DO if data[qend + 7] & 0x80 else OPT_PLAIN
-            udp_limit = min(max(int.from_bytes(data[qend + 3:qend + 5], "big"), CLASSIC_UDP_LIMIT), EDNS_PAYLOAD)
-            plain = size == qend + 11 or (data[qend + 11:qend + 13] == COOKIE and size <= qend + 55)
+            entry = snapshot.index.get(name + zone)
+            if entry is None:
+                return _not_ours(memo, seen, plain, name, qtype, qend, opt, udp_limit)
+            found = entry.find(qtype)
+            if found is NODATA:
+                found = EMPTY
+            elif isinstance(found, Ready) and found.soa:
+                return None  # a chain that ends negative: without the SOA here (the full resolver)
+            aa = 0
+        elif labels < 0:  # in the zone (a label boundary where the zone starts), and not held
+            found = snapshot.nxdomain
+            if snapshot.wildcards:
+                source = _wildcard(name, snapshot)
+                if source is not None:
+                    # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3).
+                    found = source.find(qtype)
+        elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
+            return None  # an absolute wildcard may hold it: the full resolver decides
         else:
-            return None
-        qtype = data[end + 1:end + 3]
-        if qtype == TYPE_ANY:
-            return None
-        key = name + b"\x00"
-        aa = AA
-        entry = snapshot.index.get(key)
-        found: Ready | None | str
-        if entry is not None:
-            found = entry.types.get(qtype, entry.other)
+            return _not_ours(memo, seen, plain, name, qtype, qend, opt, udp_limit)
+    if found is None:
+        return None
+    ready_ = snapshot.nodata if found is NODATA else found  # type: ignore[assignment]
+    flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8 | (0x80 if ra else 0)
+    soa = snapshot.nodata.fixed if ready_.soa else b""
+    # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
+    # queries kept first stay until the table changes, and the rest are read each time.
+    if plain and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < MAX_REMEMBERED:
+        head = _H(flags) + (ready_.counts_opt if opt else ready_.counts)
+        size = qend + ready_.size + len(soa) + len(opt)
+        fixed = ready_.fixed
+        if fixed is not None and size <= udp_limit:
+            memo[seen] = b"".join((head, seen[10:end + 3], fixed, soa, opt))
         else:
-            zone = snapshot.zone_wire
-            labels = _labels(key, len(key) - len(zone) if key.endswith(zone) else -1)
-            if labels is None:
-                return None  # malformed: the full resolver answers FORMERR
-            if labels == 1:
-                # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
-                if qtype != TYPE_A and qtype != TYPE_AAAA:
-                    return None
-                entry = snapshot.index.get(key[:-1] + snapshot.zone_wire)
-                if entry is None:
-                    return _not_ours(snapshot, seen, plain, Question(key, qtype, qend, opt, udp_limit))
-                found = entry.types.get(qtype, entry.other)
-                if found is NODATA:
-                    found = EMPTY
-                elif isinstance(found, Ready) and found.soa:
-                    return None  # a chain that ends negative: without the SOA here (the full resolver)
-                aa = 0
-            elif labels < 0:  # in the zone (a label boundary where the zone starts), and not held
-                found = snapshot.nxdomain
-                if snapshot.wildcards:
-                    source = _wildcard(key, snapshot)
-                    if source is not None:
-                        # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3).
-                        found = source.types.get(qtype, source.other)
-            elif snapshot.wildcards:
-                return None  # an absolute wildcard may hold it: the full resolver decides
-            else:
-                return _not_ours(snapshot, seen, plain, Question(key, qtype, qend, opt, udp_limit))
-        if found is None:
-            return None
-        if found is NODATA:
-            found = snapshot.nodata
-        assert isinstance(found, Ready)
-        ready_ = found
-        flags = (ready_.flags if aa else ready_.flags & ~AA) | (data[2] & 0x01) << 8
-        soa = snapshot.nodata.bodies[0] if ready_.soa else b""
-        memo = snapshot.queries
-        # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
-        # queries kept first stay until the table changes, and the rest are read each time.
-        if plain and not ready_.networks and ready_ is not snapshot.nxdomain and len(memo) < MAX_REMEMBERED:
-            heads = _heads(flags, ready_.counts_opt if opt else ready_.counts)
-            memo[seen] = (ready_, heads, qend + ready_.size + len(soa) + len(opt), qend, opt, udp_limit, soa)
-        if ready_.networks:
-            networks = snapshot.networks_of(client)
-            if networks:
-                ready_ = variant(ready_, networks & ready_.networks)
-        flags |= 0x80 if ra else 0
-    if limit is None:
-        limit = udp_limit
+            memo[seen] = (ready_, head, size, qend, opt, udp_limit, soa)
+    if ready_.aware is not None:
+        networks = snapshot.networks_of(client)
+        if networks:
+            ready_ = variant(ready_, networks & ready_.aware.networks)
+    elif qend + ready_.size + len(soa) + len(opt) <= (udp_limit if limit is None else limit):
+        return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
+                         ready_.body(), soa, opt))
+    return _assemble(data, ready_, flags, qend, soa, opt, udp_limit if limit is None else limit)
+
+
+def _assemble(data: bytes, ready_: Ready, flags: int, qend: int, soa: bytes, opt: bytes, limit: int) -> bytes:
+    """`ready_` on the wire for the query `data`: TC when it does not fit in `limit`."""
     if qend + ready_.size + len(soa) + len(opt) > limit and ready_.short is not None:
         ready_ = ready_.short  # additional records go first (RFC 2181 section 9)
-        counts = ready_.counts_opt if opt else ready_.counts
-        if qend + ready_.size + len(soa) + len(opt) <= limit:
-            return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:qend], ready_.body(), soa, opt))
     if qend + ready_.size + len(soa) + len(opt) > limit:
         # RFC 2181 section 9: too large for this client: the header, question and OPT, with TC.
         return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:qend], opt))
-    bodies = ready_.bodies
     return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
-                     bodies[0] if len(bodies) == 1 else ready_.body(), soa, opt))
+                     ready_.body(), soa, opt))
 
 
-def _not_ours(snapshot: Snapshot, seen: bytes, plain: bool, q: Question) -> Question:
+def _not_ours(memo: dict[bytes, object], seen: bytes, plain: bool, name: bytes, qtype: bytes, qend: int,
+              opt: bytes, udp_limit: int) -> Question:
     """A name that is not ours: its Question, remembered (Rule 7) so the next time costs one lookup."""
-    memo = snapshot.queries
+    key = name + b"\x00"
+    q = Question(key, qtype, qend, opt, udp_limit, (key, qtype, opt is OPT_DO))
     if plain and len(memo) < MAX_REMEMBERED:
         memo[seen] = q
     return q
 
 
-def assemble(data: bytes, q: Question, flags: int, counts: bytes, size: int, body: Callable[[], bytes],
-             limit: int) -> bytes:
+def assemble(data: bytes, q: Question, flags: int, counts: bytes, body: bytes, limit: int) -> bytes:
     """The answer on the wire: the query's id and question, then `body`; TC when it exceeds `limit`."""
     opt = q.opt
-    if q.end + size + len(opt) > limit:
+    if q.end + len(body) + len(opt) > limit:
         # RFC 2181 section 9: too large for this client over UDP: the header, question and OPT, with TC.
         return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:q.end], opt))
-    return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body(), opt))
+    return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body, opt))
 
 
 def _labels(key: bytes, zone_at: int) -> int | None:
-    """How many labels the wire name `key` has (it ends at its first zero byte); None when malformed.
+    """How many labels the wire name `key` (without its root zero byte) has; None when malformed.
 
-    Negative (minus the count) when a label starts at `zone_at`: the name is
-    the zone or below it. One walk for both, as this runs for every name the
-    index does not hold.
+    -1 when a label starts at `zone_at`, where `key` ends with the zone's
+    name: the name lies in the zone, and the zone's own labels need no
+    reading. This runs for every name the index does not hold.
     """
-    pos, count, last = 0, 0, len(key) - 1
-    below = False
-    while pos < last:
-        if pos == zone_at:
-            below = True
+    pos = count = 0
+    while pos < zone_at:
         length = key[pos]
         if length > 63:
             return None  # a pointer, or a reserved label type: the full resolver decides
         pos += length + 1
         count += 1
-    if pos != last or len(key) > 255:
+    last = len(key)
+    if pos == zone_at:
+        return -1 if last <= 254 else None
+    while pos < last:
+        length = key[pos]
+        if length > 63:
+            return None
+        pos += length + 1
+        count += 1
+    if pos != last or last > 254:
         return None
-    return -count if below else count
+    return count
+
+
+def _below_wildcard(key: bytes, parents: frozenset[bytes]) -> bool:
+    """True when a proper ancestor of `key` is the parent of a wildcard name."""
+    pos = key[0] + 1
+    while pos < len(key):
+        if key[pos:] in parents:
+            return True
+        pos += key[pos] + 1
+    return False
 
 
 def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
     """The entry of `*.<closest encloser>` for a name the index does not hold (RFC 4592 section 3.3.1)."""
+    if not _below_wildcard(key, snapshot.wildcards):
+        return None  # no wildcard above it: no lookup of its ancestors
     index = snapshot.index
     pos = key[0] + 1
-    while pos < len(key) - 1:
+    while pos < len(key):
         ancestor = key[pos:]
         if index.get(ancestor) is not None:  # names, empty non-terminals and the apex are all in the index
             return index.get(b"\x01*" + ancestor)

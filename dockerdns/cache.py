@@ -19,6 +19,7 @@ dict lookup); `put` takes a lock for the bookkeeping of bytes and order.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,8 +37,15 @@ class Cached:
     ttls: tuple[tuple[int, int], ...]  # (offset of a TTL field in `answer`, its value when kept)
     flags: int = 0  # the header's flags word, TC and RD cleared (the client's RD goes in)
     counts: tuple[int, int, int] = (0, 0, 0)  # answer, authority, additional
+    # The header's counts on the wire, QDCOUNT 1 first: without an OPT and with one.
+    counts_wire: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
     # The answer aged to a whole second of its life: (seconds, bytes), replaced whole when it ages.
     aged: list[tuple[int, bytes]] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        an, ns, ar = self.counts
+        object.__setattr__(self, "counts_wire", (struct.pack("!HHHH", 1, an, ns, ar),
+                                                 struct.pack("!HHHH", 1, an, ns, ar + 1)))
 
 
 Key = tuple[bytes, bytes, bool]  # (lower-case wire name, type and class, DO)

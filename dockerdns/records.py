@@ -41,7 +41,7 @@ _LABEL = re.compile(rb"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One resource record and who published it."""
 

@@ -129,19 +129,19 @@ class Responder:
 
     def _cached(self, data: bytes, q: answers.Question, limit: int | None) -> bytes | None:
         """The answer from the upstream cache (Rule 4), or None."""
-        found = self.cache.get((q.key, q.qtype, q.opt == answers.OPT_DO), time.monotonic())
+        now = time.monotonic()
+        found = self.cache.get(q.cache_key, now)
         if found is None:
             return None
-        elapsed = int(time.monotonic() - found.kept_at)
+        elapsed = int(now - found.kept_at)
         last = found.aged[-1] if found.aged else None
         if last is not None and last[0] == elapsed:
             rest = last[1]
         else:
             rest = wire.aged(found.answer, found.ttls, elapsed)
             found.aged[:] = [(elapsed, rest)]  # one slot: the age of this second, for every client
-        an, ns, ar = found.counts
-        counts = struct.pack("!HHHH", 1, an, ns, ar + (1 if q.opt else 0))
-        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8, counts, len(rest), lambda: rest,
+        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8,
+                                found.counts_wire[bool(q.opt)], rest,
                                 q.udp_limit if limit is None else limit)
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
@@ -234,7 +234,7 @@ class Responder:
         flags = int.from_bytes(plain[2:4], "big") & ~(answers.TC | 0x0100)
         cached = Cached(plain[start:], now, now + keep.ttl, tuple((at - start, ttl) for at, ttl in keep.ttls),
                         flags, layout.counts)
-        self.cache.put((q.key, q.qtype, q.opt == answers.OPT_DO), cached)
+        self.cache.put(q.cache_key, cached)
 
 
 def _fitted(answer: bytes, query: DNSRecord, limit: int) -> bytes:

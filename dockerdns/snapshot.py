@@ -32,6 +32,7 @@ RRsets = Mapping[str, tuple[Record, ...]]  # rtype -> records
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 SHARDS = 256
+SHARD_MASK = SHARDS - 1  # a key's shard: hash(key) & SHARD_MASK
 GONE: Any = object()  # in `ShardedMap.evolve`: remove the key
 MAX_CLIENT_MEMO = 4096  # client addresses whose networks are remembered; past it the memo starts over
 
@@ -39,23 +40,24 @@ MAX_CLIENT_MEMO = 4096  # client addresses whose networks are remembered; past i
 class ShardedMap(Mapping[K, V], Generic[K, V]):
     """An immutable map whose `evolve` copies only the shards it changes."""
 
-    __slots__ = ("_shards", "_len")
+    __slots__ = ("shards", "_len")
 
     def __init__(self, shards: tuple[dict[K, V], ...] | None = None, length: int = 0):
-        self._shards = shards if shards is not None else tuple({} for _ in range(SHARDS))
+        # Read-only; the hot path reads `shards[hash(key) & SHARD_MASK]` itself, saving a call.
+        self.shards = shards if shards is not None else tuple({} for _ in range(SHARDS))
         self._len = length
 
     def __getitem__(self, key: K) -> V:
-        return self._shards[hash(key) % SHARDS][key]
+        return self.shards[hash(key) & SHARD_MASK][key]
 
     def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
-        return self._shards[hash(key) % SHARDS].get(key, default)
+        return self.shards[hash(key) & SHARD_MASK].get(key, default)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._shards[hash(key) % SHARDS]
+        return key in self.shards[hash(key) & SHARD_MASK]
 
     def __iter__(self) -> Iterator[K]:
-        for shard in self._shards:
+        for shard in self.shards:
             yield from shard
 
     def __len__(self) -> int:
@@ -65,11 +67,11 @@ class ShardedMap(Mapping[K, V], Generic[K, V]):
         """A new map with `changes` applied; a value of `GONE` removes the key."""
         if not changes:
             return self
-        shards = list(self._shards)
+        shards = list(self.shards)
         copied: set[int] = set()
         length = self._len
         for key, new in changes.items():
-            index = hash(key) % SHARDS
+            index = hash(key) & SHARD_MASK
             if index not in copied:
                 shards[index] = dict(shards[index])
                 copied.add(index)
@@ -107,10 +109,12 @@ class Snapshot:
     nodata: Any = None
     nxdomain: Any = None
     client_networks: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
-    # Queries seen on this snapshot -> what answers.answer read of them (answers.py Rule 7).
-    queries: dict[bytes, Any] = field(default_factory=dict, compare=False)
-    zone_wire: bytes = b"\x06docker\x00"  # the zone in wire format
-    wildcards: int = 0  # how many wildcard names (`*.<parent>`) the table holds
+    # Queries seen on this snapshot -> what answers.respond read of them (answers.py Rule 7): one
+    # memo for answers without RA, one with it (forwarding off or on).
+    queries: tuple[dict[bytes, Any], dict[bytes, Any]] = field(default_factory=lambda: ({}, {}), compare=False)
+    zone_wire: bytes = b"\x06docker"  # the zone in wire format, without the root's zero byte
+    # The parents of the wildcard names (`*.<parent>`) the table holds, as index keys (answers.wire_key).
+    wildcards: frozenset[bytes] = frozenset()
     left_out: int = 0  # holders of shared names left out for their health (table.py Rule 5)
 
     def exists(self, name: str) -> bool:

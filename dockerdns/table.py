@@ -67,7 +67,7 @@ class RecordTable:
         self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
         self._left_out: dict[str, int] = {}  # shared name -> holders left out for their health (Rule 5)
         empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl,
-                         zone_wire=answers.wire_name(zone_name(zone)))
+                         zone_wire=answers.wire_key(zone_name(zone)))
         self.snapshot = self._finish(empty, {empty.zone}, rebuild=True)
 
     def replace(self, owner: str, records: Iterable[Record]) -> None:
@@ -152,9 +152,11 @@ class RecordTable:
         subnets = tuple(self._subnets)
         if subnets == old_snap.subnets:
             subnets = old_snap.subnets  # the same object: the client-networks memo stays (snapshot.py Rule 2)
-        wildcards = old_snap.wildcards + sum(
-            (1 if value is not GONE else -1) if (key in old_snap.names) != (value is not GONE) else 0
-            for key, value in names.items() if key.startswith("*."))
+        wildcards = old_snap.wildcards
+        changed_wildcards = {answers.wire_key(key[2:]): value for key, value in names.items() if key.startswith("*.")}
+        if changed_wildcards:
+            kept = {parent for parent in wildcards if parent not in changed_wildcards}
+            wildcards = frozenset(kept | {parent for parent, value in changed_wildcards.items() if value is not GONE})
         snapshot = replace(
             old_snap,
             generation=old_snap.generation + 1,
@@ -227,14 +229,14 @@ class RecordTable:
             affected |= frontier
         affected.add(snapshot.zone)  # the apex's SOA serial is the generation
         nodata, nxdomain = answers.negatives(snapshot)
-        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain, queries={})
+        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain, queries=({}, {}))
         index: dict[bytes, object] = {}
         for name in affected:
             if not (in_zone(name, snapshot.zone) or name in snapshot.names):
-                index[answers.wire_name(name)] = GONE  # an empty non-terminal outside the zone is not ours
+                index[answers.wire_key(name)] = GONE  # an empty non-terminal outside the zone is not ours
                 continue
             entry = answers.entry_for(name, snapshot)
-            index[answers.wire_name(name)] = GONE if entry is None else entry
+            index[answers.wire_key(name)] = GONE if entry is None else entry
         base = ShardedMap[bytes, object]() if rebuild else snapshot.index
         return replace(snapshot, index=base.evolve(index))
 
