@@ -37,6 +37,38 @@ GONE: Any = object()  # in `ShardedMap.evolve`: remove the key
 MAX_CLIENT_MEMO = 4096  # client addresses whose networks are remembered; past it the memo starts over
 
 
+class OneType(Mapping[str, tuple[Record, ...]]):
+    """The RRsets of a name that holds one type (most names): 64 bytes, where a dict takes 200."""
+
+    __slots__ = ("rtype", "records")
+
+    def __init__(self, rtype: str, records: tuple[Record, ...]):
+        self.rtype = rtype
+        self.records = records
+
+    def __getitem__(self, rtype: str) -> tuple[Record, ...]:
+        if rtype == self.rtype:
+            return self.records
+        raise KeyError(rtype)
+
+    def get(self, rtype: str, default: Any = None) -> Any:
+        return self.records if rtype == self.rtype else default
+
+    def __contains__(self, rtype: object) -> bool:
+        return rtype == self.rtype
+
+    def __iter__(self) -> Iterator[str]:
+        yield self.rtype
+
+    def __len__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self) == other if isinstance(other, Mapping) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a dict's
+
+
 class ShardedMap(Mapping[K, V], Generic[K, V]):
     """An immutable map whose `evolve` copies only the shards it changes."""
 

@@ -36,12 +36,13 @@ from types import MappingProxyType
 from . import answers
 from .records import SERVER, SERVING, STATIC, Record, in_zone, zone_name
 from .resolver import MAX_CNAME_HOPS
-from .snapshot import GONE, IPNetwork, RRsets, ShardedMap, Snapshot
+from .snapshot import GONE, IPNetwork, OneType, RRsets, ShardedMap, Snapshot
 
 __all__ = ["RecordTable", "ShardedMap", "Snapshot", "SERVER", "STATIC"]
 
 log = logging.getLogger("dockerdns.table")
 
+Claims = tuple[str, tuple[Record, ...]] | dict[str, tuple[Record, ...]]
 RANK = {STATIC: 0, SERVER: 2}  # Rule 4: lower wins; containers are 1
 
 
@@ -58,8 +59,9 @@ class RecordTable:
     def __init__(self, zone: str = "docker", soa_ttl: int = 1):
         self._lock = threading.Lock()
         self._by_owner: dict[str, tuple[Record, ...]] = {}
-        # name -> owner -> that owner's records of the name
-        self._claims: dict[str, dict[str, tuple[Record, ...]]] = {}
+        # name -> owner -> that owner's records of the name; one (owner, records) pair while a
+        # single owner claims it (most names: a dict per name would cost 200 bytes)
+        self._claims: dict[str, Claims] = {}
         self._ents: dict[str, int] = {}  # name -> how many names with records lie below it
         self._subnets: dict[tuple[IPNetwork, str], int] = {}
         self._hosts: dict[str, int] = {}  # container address -> how many records hold it
@@ -112,7 +114,7 @@ class RecordTable:
                 continue
             for rec in old:
                 touched.add(rec.name)
-                self._claims.get(rec.name, {}).pop(owner, None)
+                self._unclaim(rec.name, owner)
                 self._index_record(rec, owner, -1, hosts)
             grouped: dict[str, list[Record]] = {}
             for rec in records:
@@ -120,7 +122,7 @@ class RecordTable:
                 self._index_record(rec, owner, +1, hosts)
             for name, recs in grouped.items():
                 touched.add(name)
-                self._claims.setdefault(name, {})[owner] = tuple(recs)
+                self._claim(name, owner, tuple(recs))
             if records:
                 self._by_owner[owner] = records
                 owners[owner] = records
@@ -170,12 +172,40 @@ class RecordTable:
         )
         self.snapshot = self._finish(replace(snapshot, left_out=self.left_out), touched | ents)
 
+    def _claim(self, name: str, owner: str, records: tuple[Record, ...]) -> None:
+        claims = self._claims.get(name)
+        if claims is None or (isinstance(claims, tuple) and claims[0] == owner):
+            self._claims[name] = (owner, records)
+        elif isinstance(claims, tuple):
+            self._claims[name] = {claims[0]: claims[1], owner: records}
+        else:
+            claims[owner] = records
+
+    def _unclaim(self, name: str, owner: str) -> None:
+        claims = self._claims.get(name)
+        if isinstance(claims, tuple):
+            if claims[0] == owner:
+                del self._claims[name]
+        elif claims is not None:
+            claims.pop(owner, None)
+            if len(claims) == 1:
+                self._claims[name] = next(iter(claims.items()))
+            elif not claims:
+                del self._claims[name]
+
     def _rrsets(self, name: str) -> RRsets | None:
         """The records of `name` by type, from the owners that rank first (Rule 4); None when none."""
-        claims = self._claims.get(name)
-        if not claims:
+        found = self._claims.get(name)
+        if not found:
             self._left_out.pop(name, None)
             return None
+        claims = dict((found,)) if isinstance(found, tuple) else found
+        if len(claims) == 1:
+            self._left_out.pop(name, None)
+            claimed = next(iter(claims.values()))
+            rtype = claimed[0].rtype
+            if all(rec.rtype == rtype for rec in claimed):
+                return OneType(rtype, claimed)  # the claim's own tuple: nothing copied
         best = min(RANK.get(owner, 1) for owner in claims)
         if best == 0 and len(claims) > 1 and name not in self._shadowed:
             self._shadowed.add(name)
@@ -193,7 +223,8 @@ class RecordTable:
         for _, claimed in holders:
             for rec in claimed:
                 rrsets.setdefault(rec.rtype, []).append(rec)
-        return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
+        return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()}) if len(rrsets) > 1 else \
+            OneType(*next((t, tuple(rs)) for t, rs in rrsets.items()))
 
     @property
     def left_out(self) -> int:

@@ -33,6 +33,26 @@ def test_shared_name_survives_one_owner() -> None:
     assert [r.value for r in table.snapshot.names["db.docker."]["A"]] == ["10.0.0.3"]
 
 
+def test_claims_of_one_name_come_and_go_in_any_order() -> None:
+    """A name claimed by one, then three, then one owner again, then none: its records follow each step."""
+    table = RecordTable()
+    for owner, value in (("c1", "10.0.0.1"), ("c2", "10.0.0.2"), ("c3", "10.0.0.3")):
+        table.replace(owner, [rec("db.docker.", value, owner)])
+    assert sorted(r.value for r in table.snapshot.names["db.docker."]["A"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    table.remove("c2")
+    table.remove("c1")
+    assert dict(table.snapshot.names["db.docker."]) == {"A": (rec("db.docker.", "10.0.0.3", "c3"),)}
+    table.replace("c3", [rec("db.docker.", "10.0.0.4", "c3"), Record("db.docker.", "TXT", '"x"', 5, "c3")])
+    rrsets = table.snapshot.names["db.docker."]
+    assert set(rrsets) == {"A", "TXT"} and [r.value for r in rrsets["A"]] == ["10.0.0.4"]
+    table.replace("c3", [rec("db.docker.", "10.0.0.5", "c3")])
+    rrsets = table.snapshot.names["db.docker."]
+    assert list(rrsets) == ["A"] and "TXT" not in rrsets and rrsets.get("TXT") is None and len(rrsets) == 1
+    assert rrsets == {"A": (rec("db.docker.", "10.0.0.5", "c3"),)}
+    table.remove("c3")
+    assert "db.docker." not in table.snapshot.names
+
+
 def test_empty_non_terminals_counted() -> None:
     """Ancestors of a name exist while any name below them does, and no longer."""
     table = RecordTable()
