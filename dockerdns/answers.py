@@ -20,16 +20,19 @@ Rule 5: source-aware answers (a client's own networks first) are built only
         for RRsets whose records span networks, once per set of the
         client's networks among them, on first use; every other client
         shares one answer.
-Rule 7: a query seen before on the same snapshot skips the reading: what
-        was read of it (its ready answer, flags, sizes) is remembered by its
-        bytes after the id, its name in lower case (its question is still
-        echoed as asked), in the snapshot (`Snapshot.queries`), for plain
-        queries only: at most `MAX_FAST_QUERY` bytes, no EDNS option but a
-        cookie, and an answer that does not depend on the client's
-        networks and is not NXDOMAIN (random names would only push out
-        the names that exist). At most `MAX_REMEMBERED` queries; past it,
-        no more are kept until the table changes. Rotation still turns per
-        answer.
+Rule 7: a query seen before on the same snapshot skips the reading: it is
+        remembered by its bytes after the id, its name in lower case, in the
+        snapshot (`Snapshot.queries`, one memo per RA bit): the whole answer
+        after the id when it does not rotate (a query asked in lower case
+        takes it as it is; one in another case gets its own question put
+        in), else what was read of it. Plain queries only: at most
+        `MAX_FAST_QUERY` bytes, no EDNS option but a cookie, and an answer
+        that does not depend on the client's networks and is not NXDOMAIN
+        (random names would only push out the names that exist). At most
+        `remembered_limit` queries, which grows with the table (so that
+        every name of a large table can be remembered, and only the table
+        decides how much); past it, no more are kept until the table
+        changes. Rotation still turns per answer.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
         `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
@@ -63,7 +66,8 @@ from .wire import pack
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
 MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
 MAX_VARIANTS = 64  # source-aware variants remembered per RRset
-MAX_REMEMBERED = 32768  # queries remembered per snapshot (Rule 7): about 300 bytes each
+MAX_REMEMBERED = 32768  # queries remembered per snapshot at least (Rule 7): about 200 bytes each
+REMEMBERED_PER_NAME = 2  # ... and at least this many per name the index holds (A and AAAA)
 COOKIE = b"\x00\x0a"  # EDNS option code 10, RFC 7873
 CLASSIC_UDP_LIMIT = 512
 HEADER_LEN = 12
@@ -201,6 +205,11 @@ NODATA = "nodata"  # an answer: the snapshot's own NODATA (its SOA serial change
 EMPTY_AA = Ready(QR | AA, 0, 0, 0)  # a name we hold outside the zone, another type: NOERROR, no SOA
 EMPTY = Ready(QR, 0, 0, 0)  # a single label without the type: NODATA without an out-of-bailiwick SOA
 ENT = Entry({}, NODATA)  # an empty non-terminal of the zone: NODATA for every type, RFC 8020
+
+
+def remembered_limit(names: int) -> int:
+    """How many queries a snapshot whose index holds `names` names remembers (Rule 7)."""
+    return max(MAX_REMEMBERED, REMEMBERED_PER_NAME * names)
 
 
 def wire_name(name: str) -> bytes:
@@ -497,7 +506,8 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
                 return None
             entry = snapshot.index.get(name + zone)
             if entry is None:
-                return _not_ours(memo, seen, plain, name, qtype, qend, opt, udp_limit)
+                return _not_ours(memo, seen, plain and len(memo) < snapshot.remembered, name, qtype, qend, opt,
+                                 udp_limit)
             found = entry.find(qtype)
             if found is NODATA:
                 found = EMPTY
@@ -514,7 +524,8 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
         elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
             return None  # an absolute wildcard may hold it: the full resolver decides
         else:
-            return _not_ours(memo, seen, plain, name, qtype, qend, opt, udp_limit)
+            return _not_ours(memo, seen, plain and len(memo) < snapshot.remembered, name, qtype, qend, opt,
+                             udp_limit)
     if found is None:
         return None
     ready_ = snapshot.nodata if found is NODATA else found  # type: ignore[assignment]
@@ -522,7 +533,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     soa = snapshot.nodata.fixed if ready_.soa else b""
     # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
     # queries kept first stay until the table changes, and the rest are read each time.
-    if plain and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < MAX_REMEMBERED:
+    if plain and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < snapshot.remembered:
         head = _H(flags) + (ready_.counts_opt if opt else ready_.counts)
         size = qend + ready_.size + len(soa) + len(opt)
         fixed = ready_.fixed
@@ -551,12 +562,12 @@ def _assemble(data: bytes, ready_: Ready, flags: int, qend: int, soa: bytes, opt
                      ready_.body(), soa, opt))
 
 
-def _not_ours(memo: dict[bytes, object], seen: bytes, plain: bool, name: bytes, qtype: bytes, qend: int,
+def _not_ours(memo: dict[bytes, object], seen: bytes, keep: bool, name: bytes, qtype: bytes, qend: int,
               opt: bytes, udp_limit: int) -> Question:
     """A name that is not ours: its Question, remembered (Rule 7) so the next time costs one lookup."""
     key = name + b"\x00"
     q = Question(key, qtype, qend, opt, udp_limit, (key, qtype, opt is OPT_DO))
-    if plain and len(memo) < MAX_REMEMBERED:
+    if keep:
         memo[seen] = q
     return q
 

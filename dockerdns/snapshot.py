@@ -144,6 +144,7 @@ class Snapshot:
     # Queries seen on this snapshot -> what answers.respond read of them (answers.py Rule 7): one
     # memo for answers without RA, one with it (forwarding off or on).
     queries: tuple[dict[bytes, Any], dict[bytes, Any]] = field(default_factory=lambda: ({}, {}), compare=False)
+    remembered: int = 32768  # queries `queries` keeps at most (answers.remembered_limit)
     zone_wire: bytes = b"\x06docker"  # the zone in wire format, without the root's zero byte
     # The parents of the wildcard names (`*.<parent>`) the table holds, as index keys (answers.wire_key).
     wildcards: frozenset[bytes] = frozenset()

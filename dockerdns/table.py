@@ -269,7 +269,8 @@ class RecordTable:
             entry = answers.entry_for(name, snapshot)
             index[answers.wire_key(name)] = GONE if entry is None else entry
         base = ShardedMap[bytes, object]() if rebuild else snapshot.index
-        return replace(snapshot, index=base.evolve(index))
+        evolved = base.evolve(index)
+        return replace(snapshot, index=evolved, remembered=answers.remembered_limit(len(evolved)))
 
     @staticmethod
     def _count(counter: dict, key: object, delta: int) -> None:

@@ -252,11 +252,24 @@ def test_plain_queries_remembered_within_bounds() -> None:
     table = fixture_table()
     responder = Responder(table, POLICY, None)
     rng = random.Random(5)
+    assert table.snapshot.remembered == answers.MAX_REMEMBERED  # a small table
     for i in range(answers.MAX_REMEMBERED + 100):
         responder.fast(query_bytes(mixed_case("gateway.docker", rng), "A", rng), "127.0.0.1")
     assert 0 < sum(map(len, table.snapshot.queries)) <= answers.MAX_REMEMBERED
     table.replace("cz", [Record("z.docker.", "A", "10.0.0.1", 1, "cz")])
     assert sum(map(len, table.snapshot.queries)) == 0
+
+
+def test_a_large_table_remembers_every_name() -> None:
+    """The bound grows with the table: each of 20,000 names is remembered, for A and for AAAA."""
+    table = RecordTable()
+    table.replace("static", [Record(f"h{i}.docker.", "A", f"10.9.{i // 250}.{i % 250 + 1}", 1) for i in range(20000)])
+    assert table.snapshot.remembered >= 2 * 20000
+    rng = random.Random(3)
+    for i in range(20000):
+        for qtype in ("A", "AAAA"):
+            answers.answer(query_bytes(f"h{i}.docker", qtype, rng, "plain"), table.snapshot, True, "127.0.0.1")
+    assert len(table.snapshot.queries[True]) == 40000
 
 
 # --- Rate limiting keyed on the response, over the wire ------------------------------------------
