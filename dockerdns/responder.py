@@ -55,7 +55,7 @@ class Responder:
         self.stats = stats or Stats()
         self.cache = cache or UpstreamCache()
         self._turns = itertools.count()  # rotation turns of the full path
-        self._ticks = itertools.count()  # answers from the index, for sampling their latency
+        self._timed = False  # time the next answer from the index (one in FAST_SAMPLE is timed)
         self._allowed: tuple[Policy, dict[str, bool]] = (policy, {})
         self._ra = policy.forwarding
         self._by_qtype: dict[bytes, list[itertools.count]] = {}  # 2-byte QTYPE -> UDP counters by rcode
@@ -86,16 +86,17 @@ class Responder:
 
     def fast(self, data: bytes, client: str) -> bytes | None:
         """The answer to a UDP query from the index or the cache, or None (then call `handle`)."""
-        timed = not next(self._ticks) % FAST_SAMPLE
+        timed = self._timed
         if timed:
+            self._timed = False
             started = time.perf_counter()
         if not self._allowed[1].get(client) and not self.allowed(client):
             return None
         found = answers.respond(data, self.table.snapshot, self._ra, client)
-        if found is None:
-            return None
         if isinstance(found, bytes):
             out = found
+        elif found is None:
+            return None
         else:
             cached = self._cached(data, found, None)  # a Question: not ours, perhaps kept from upstream
             if cached is None:
@@ -103,7 +104,8 @@ class Responder:
             out = cached
         end = out.find(0, answers.HEADER_LEN)
         counters = self._by_qtype.get(out[end + 1:end + 3]) or self._udp_counters(out)
-        next(counters[out[3] & 0x0F])
+        if not next(counters[out[3] & 0x0F]) % FAST_SAMPLE:
+            self._timed = True  # time the next one (one in about FAST_SAMPLE, whatever its kind)
         if timed:
             self.stats.fast_latency.observe(time.perf_counter() - started)
         return out

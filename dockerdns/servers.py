@@ -130,7 +130,7 @@ class UdpServer:
 
     def _serve(self) -> None:
         handle, fast, send = self._handler.handle, self._handler.fast, self._send
-        recvfrom = self.sock.recvfrom
+        recvfrom, sendto = self.sock.recvfrom, self.sock.sendto
         while self._running:
             try:
                 data, peer = recvfrom(MAX_UDP_MESSAGE)
@@ -143,8 +143,15 @@ class UdpServer:
             client = peer[0]
             try:
                 answer = fast(data, client)
-                if answer is not None:
-                    send(answer, peer, data)  # the hot path: the answer index, no full parse
+                if answer is not None:  # the hot path: the answer index, no full parse
+                    limit = self.rate_limit
+                    if limit is None or limit.exempt_client(client):
+                        try:
+                            sendto(answer, peer)
+                        except OSError:
+                            pass  # the client went away; UDP has nobody to tell
+                    else:
+                        send(answer, peer, data)
                     continue
                 handle(data, client, "udp", functools.partial(send, peer=peer, query=data))
             except Exception:  # a bug must cost one answer, never a worker
