@@ -27,8 +27,9 @@ Rule 7: a query seen before on the same snapshot skips the reading: it is
         takes it as it is; one in another case gets its own question put
         in), else what was read of it. Plain queries only: at most
         `MAX_FAST_QUERY` bytes, no EDNS option but a cookie, and an answer
-        that does not depend on the client's networks and is not NXDOMAIN
-        (random names would only push out the names that exist). At most
+        that does not depend on the client's networks, is not NXDOMAIN and
+        not synthesised from a wildcard (random names would only push out
+        the names that exist). At most
         `remembered_limit` queries, which grows with the table (so that
         every name of a large table can be remembered, and only the table
         decides how much); past it, no more are kept until the table
@@ -399,7 +400,7 @@ class Question(NamedTuple):
     end: int  # the offset after the question
     opt: bytes  # the OPT to answer with (ours, DO as asked), or b"" without EDNS
     udp_limit: int  # the largest UDP answer this client takes
-    cache_key: tuple[bytes, bytes, bool] = (b"", b"", False)  # the upstream cache's key (cache.py Rule 1)
+    cache_key: bytes = b""  # the upstream cache's key (cache.py Rule 1)
 
 
 def _read(data: bytes, end: int) -> tuple[int, bytes, int, bool] | None:
@@ -436,7 +437,7 @@ def question(data: bytes) -> Question | None:
     qend, opt, udp_limit, _ = read
     key = data[HEADER_LEN:end + 1].lower()
     qtype = data[end + 1:end + 3]
-    return Question(key, qtype, qend, opt, udp_limit, (key, qtype, opt is OPT_DO))
+    return Question(key, qtype, qend, opt, udp_limit, cache_key(key, qtype, opt))
 
 
 def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | None = None) -> bytes | None:
@@ -491,6 +492,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     if qtype == TYPE_ANY:
         return None
     aa = AA
+    keep = plain  # Rule 7
     found: Ready | None | str
     entry = snapshot.index.shards[hash(name) & SHARD_MASK].get(name)
     if entry is not None:
@@ -521,6 +523,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
                 if source is not None:
                     # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3).
                     found = source.find(qtype)
+                    keep = False  # any name below it: as with NXDOMAIN, a flood of them is not kept
         elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
             return None  # an absolute wildcard may hold it: the full resolver decides
         else:
@@ -533,7 +536,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     soa = snapshot.nodata.fixed if ready_.soa else b""
     # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
     # queries kept first stay until the table changes, and the rest are read each time.
-    if plain and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < snapshot.remembered:
+    if keep and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < snapshot.remembered:
         head = _H(flags) + (ready_.counts_opt if opt else ready_.counts)
         size = qend + ready_.size + len(soa) + len(opt)
         fixed = ready_.fixed
@@ -566,10 +569,15 @@ def _not_ours(memo: dict[bytes, object], seen: bytes, keep: bool, name: bytes, q
               opt: bytes, udp_limit: int) -> Question:
     """A name that is not ours: its Question, remembered (Rule 7) so the next time costs one lookup."""
     key = name + b"\x00"
-    q = Question(key, qtype, qend, opt, udp_limit, (key, qtype, opt is OPT_DO))
+    q = Question(key, qtype, qend, opt, udp_limit, cache_key(key, qtype, opt))
     if keep:
         memo[seen] = q
     return q
+
+
+def cache_key(key: bytes, qtype: bytes, opt: bytes) -> bytes:
+    """The upstream cache's key of a question (cache.py Rule 1)."""
+    return key + qtype + (b"\x01" if opt is OPT_DO else b"\x00")
 
 
 def assemble(data: bytes, q: Question, flags: int, counts: bytes, body: bytes, limit: int) -> bytes:

@@ -48,7 +48,7 @@ class Cached:
                                                  struct.pack("!HHHH", 1, an, ns, ar + 1)))
 
 
-Key = tuple[bytes, bytes, bool]  # (lower-case wire name, type and class, DO)
+Key = bytes  # the lower-case wire name, the type, and DO (b"\x01" or b"\x00"): bytes keep their hash
 
 
 class UpstreamCache:
@@ -91,4 +91,4 @@ ENTRY_OVERHEAD = 200  # bytes a kept entry costs beyond its answer and key: obje
 
 
 def _cost(key: Key, entry: Cached) -> int:
-    return len(entry.answer) + len(key[0]) + ENTRY_OVERHEAD + 16 * len(entry.ttls)
+    return len(entry.answer) + len(key) + ENTRY_OVERHEAD + 16 * len(entry.ttls)

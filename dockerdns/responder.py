@@ -41,6 +41,7 @@ from .table import RecordTable
 log = logging.getLogger("dockerdns.query")
 
 MAX_CLIENT_MEMO = 4096  # client addresses whose `allow` verdict is remembered; past it the memo starts over
+_H = struct.Struct("!H").pack
 RCODES = {code: RCODE.get(code) for code in range(16)}
 QTYPE_LABELS = {struct.pack("!H", getattr(QTYPE, name)): name for name in QTYPES}
 
@@ -142,8 +143,11 @@ class Responder:
         else:
             rest = wire.aged(found.answer, found.ttls, elapsed)
             found.aged[:] = [(elapsed, rest)]  # one slot: the age of this second, for every client
-        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8,
-                                found.counts_wire[bool(q.opt)], rest,
+        opt = q.opt
+        if q.end + len(rest) + len(opt) <= (q.udp_limit if limit is None else limit):
+            return b"".join((data[:2], _H(found.flags | (data[2] & 0x01) << 8), found.counts_wire[bool(opt)],
+                             data[answers.HEADER_LEN:q.end], rest, opt))
+        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8, found.counts_wire[bool(opt)], rest,
                                 q.udp_limit if limit is None else limit)
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:

@@ -252,7 +252,13 @@ class RecordTable:
     def _finish(self, snapshot: Snapshot, changed: set[str], rebuild: bool = False) -> Snapshot:
         """`snapshot` with its ready answers: new ones for `changed` names and whatever leads to them."""
         affected = set(changed)
-        frontier = set(changed)
+        # A wildcard answers for names below its parent (RFC 4592): CNAME and SRV records whose
+        # target lies there lead to it too, though the target itself is no name of the table.
+        below = tuple(name[1:] for name in changed if name.startswith("*."))
+        if below:
+            affected |= {alias for target, aliases in self._aliases.items() if target.endswith(below)
+                         for alias in aliases}
+        frontier = set(affected)
         for _ in range(MAX_CNAME_HOPS):
             frontier = {alias for target in frontier for alias in self._aliases.get(target, ())} - affected
             if not frontier:

@@ -101,6 +101,28 @@ def test_removing_the_wildcard_brings_nxdomain_back() -> None:
     assert out is not None and DNSRecord.parse(out).header.rcode == RCODE.NXDOMAIN
 
 
+def test_a_cname_into_a_wildcard_follows_it_as_it_comes_and_goes() -> None:
+    """A CNAME whose target only a wildcard answers: its ready answer changes with the wildcard."""
+    table = RecordTable("docker")
+    table.replace("static", [Record("app.docker.", "CNAME", "x.shop.docker.", 60)])
+    table.replace("c1", [Record("other.shop.docker.", "A", "10.0.0.9", 1, "c1")])
+
+    def asked() -> tuple[bytes | None, bytes]:
+        query = DNSRecord.question("app.docker", "A")
+        outcome = resolve(query, table.snapshot, "127.0.0.1", POLICY)
+        assert isinstance(outcome, Answer)
+        return answers.answer(bytes(query.pack()), table.snapshot, True, "127.0.0.1"), wire.encode(outcome.message)
+
+    fast, full = asked()
+    assert fast == full and not [rr for rr in DNSRecord.parse(full).rr if rr.rtype == QTYPE.A]
+    table.replace("c2", [Record("*.shop.docker.", "A", "10.0.0.80", 1, "c2")])
+    fast, full = asked()
+    assert fast == full and [str(rr.rdata) for rr in DNSRecord.parse(full).rr if rr.rtype == QTYPE.A] == ["10.0.0.80"]
+    table.remove("c2")
+    fast, full = asked()
+    assert fast == full and not [rr for rr in DNSRecord.parse(full).rr if rr.rtype == QTYPE.A]
+
+
 def srv_table() -> RecordTable:
     table = RecordTable("docker")
     for i, (net, subnet) in enumerate((("front", "10.1.0.0/24"), ("back", "10.2.0.0/24")), start=1):
