@@ -41,6 +41,7 @@ from .table import SERVER, RecordTable
 log = logging.getLogger("dockerdns")
 
 FREEZE_RECORDS = 10_000  # static records from which the loaded state is frozen for the collector
+SWITCH_INTERVAL = 0.001  # seconds: sys.setswitchinterval, see App.start
 PORT_ATTEMPTS = 20  # tries at one free port for UDP and TCP alike, when asked for port 0
 
 
@@ -117,6 +118,9 @@ class App:
 
     def start(self) -> None:
         """Bind every listen address (UDP and TCP), then start serving; StartError if any fails."""
+        # A thread that wants the GIL (a query) waits at most this long for one that holds it (a
+        # reload parsing its config, a batch of events): 5 ms by default, the p99 of a busy server.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         if self.table.snapshot.record_count >= FREEZE_RECORDS:
             # What is loaded by now (the config, its static records and their ready answers)
             # lives as long as the process: out of the cyclic collector's sight, a large table
