@@ -86,7 +86,6 @@ OPT_DO = OPT_HEAD + struct.pack("!HBBHH", EDNS_PAYLOAD, 0, 0, 0x8000, 0)
 TC_COUNTS = struct.pack("!HHHH", 1, 0, 0, 0)  # a truncated answer: the question alone ...
 TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)  # ... and the OPT
 _H = struct.Struct("!H").pack
-NO_NETWORKS: frozenset[str] = frozenset()  # shared: an empty frozenset takes 216 bytes
 
 
 class Rotation:
@@ -196,10 +195,6 @@ class Entry:
             return self.aaaa
         types = self.types
         return self.other if types is None else types.get(qtype, self.other)
-
-    def held(self) -> set[bytes]:
-        """The types this entry holds answers of its own for."""
-        return {*(self.types or ()), *(t for t, r in ((TYPE_A, self.a), (TYPE_AAAA, self.aaaa)) if r is not self.other)}
 
 
 NODATA = "nodata"  # an answer: the snapshot's own NODATA (its SOA serial changes with the table)
@@ -435,9 +430,7 @@ def question(data: bytes) -> Question | None:
     if read is None:
         return None
     qend, opt, udp_limit, _ = read
-    key = data[HEADER_LEN:end + 1].lower()
-    qtype = data[end + 1:end + 3]
-    return Question(key, qtype, qend, opt, udp_limit, cache_key(key, qtype, opt))
+    return _question(data[HEADER_LEN:end + 1].lower(), data[end + 1:end + 3], qend, opt, udp_limit)
 
 
 def answer(data: bytes, snapshot: Snapshot, ra: bool, client: str, limit: int | None = None) -> bytes | None:
@@ -492,7 +485,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     if qtype == TYPE_ANY:
         return None
     aa = AA
-    keep = plain  # Rule 7
+    keep = plain and len(memo) < snapshot.remembered  # Rule 7
     found: Ready | None | str
     entry = snapshot.index.shards[hash(name) & SHARD_MASK].get(name)
     if entry is not None:
@@ -508,8 +501,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
                 return None
             entry = snapshot.index.get(name + zone)
             if entry is None:
-                return _not_ours(memo, seen, plain and len(memo) < snapshot.remembered, name, qtype, qend, opt,
-                                 udp_limit)
+                return _not_ours(memo if keep else None, seen, name, qtype, read)
             found = entry.find(qtype)
             if found is NODATA:
                 found = EMPTY
@@ -527,8 +519,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
         elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
             return None  # an absolute wildcard may hold it: the full resolver decides
         else:
-            return _not_ours(memo, seen, plain and len(memo) < snapshot.remembered, name, qtype, qend, opt,
-                             udp_limit)
+            return _not_ours(memo if keep else None, seen, name, qtype, read)
     if found is None:
         return None
     ready_ = snapshot.nodata if found is NODATA else found  # type: ignore[assignment]
@@ -536,7 +527,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     soa = snapshot.nodata.fixed if ready_.soa else b""
     # Rule 7; NXDOMAIN is not kept (a flood of new names), nor anything past the bound: the
     # queries kept first stay until the table changes, and the rest are read each time.
-    if keep and ready_.aware is None and ready_ is not snapshot.nxdomain and len(memo) < snapshot.remembered:
+    if keep and ready_.aware is None and ready_ is not snapshot.nxdomain:
         head = _H(flags) + (ready_.counts_opt if opt else ready_.counts)
         size = qend + ready_.size + len(soa) + len(opt)
         fixed = ready_.fixed
@@ -548,73 +539,63 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
         networks = snapshot.networks_of(client)
         if networks:
             ready_ = variant(ready_, networks & ready_.aware.networks)
-    elif qend + ready_.size + len(soa) + len(opt) <= (udp_limit if limit is None else limit):
-        return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
-                         ready_.body(), soa, opt))
     return _assemble(data, ready_, flags, qend, soa, opt, udp_limit if limit is None else limit)
 
 
 def _assemble(data: bytes, ready_: Ready, flags: int, qend: int, soa: bytes, opt: bytes, limit: int) -> bytes:
-    """`ready_` on the wire for the query `data`: TC when it does not fit in `limit`."""
+    """`ready_` on the wire for the query `data`, the SOA after it; its short form, or TC, when too large."""
     if qend + ready_.size + len(soa) + len(opt) > limit and ready_.short is not None:
         ready_ = ready_.short  # additional records go first (RFC 2181 section 9)
-    if qend + ready_.size + len(soa) + len(opt) > limit:
-        # RFC 2181 section 9: too large for this client: the header, question and OPT, with TC.
+    return assemble(data, qend, opt, flags, ready_.counts_opt if opt else ready_.counts, ready_.size + len(soa),
+                    (ready_.body(), soa), limit)
+
+
+def assemble(data: bytes, qend: int, opt: bytes, flags: int, counts: bytes, size: int, body: tuple[bytes, ...],
+             limit: int) -> bytes:
+    """The answer on the wire: the query's id and question, then `body` (`size` bytes) and the OPT.
+
+    When it exceeds `limit`: the header, question and OPT alone, with TC (RFC 2181 section 9).
+    """
+    if qend + size + len(opt) > limit:
         return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:qend], opt))
-    return b"".join((data[:2], _H(flags), ready_.counts_opt if opt else ready_.counts, data[HEADER_LEN:qend],
-                     ready_.body(), soa, opt))
+    return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:qend], *body, opt))
 
 
-def _not_ours(memo: dict[bytes, object], seen: bytes, keep: bool, name: bytes, qtype: bytes, qend: int,
-              opt: bytes, udp_limit: int) -> Question:
-    """A name that is not ours: its Question, remembered (Rule 7) so the next time costs one lookup."""
-    key = name + b"\x00"
-    q = Question(key, qtype, qend, opt, udp_limit, cache_key(key, qtype, opt))
-    if keep:
+def _not_ours(memo: dict[bytes, object] | None, seen: bytes, name: bytes, qtype: bytes,
+              read: tuple[int, bytes, int, bool]) -> Question:
+    """A name that is not ours: its Question, remembered in `memo` (Rule 7) so the next time costs one lookup."""
+    qend, opt, udp_limit, _ = read
+    q = _question(name + b"\x00", qtype, qend, opt, udp_limit)
+    if memo is not None:
         memo[seen] = q
     return q
 
 
-def cache_key(key: bytes, qtype: bytes, opt: bytes) -> bytes:
-    """The upstream cache's key of a question (cache.py Rule 1)."""
-    return key + qtype + (b"\x01" if opt is OPT_DO else b"\x00")
-
-
-def assemble(data: bytes, q: Question, flags: int, counts: bytes, body: bytes, limit: int) -> bytes:
-    """The answer on the wire: the query's id and question, then `body`; TC when it exceeds `limit`."""
-    opt = q.opt
-    if q.end + len(body) + len(opt) > limit:
-        # RFC 2181 section 9: too large for this client over UDP: the header, question and OPT, with TC.
-        return b"".join((data[:2], _H(flags | TC), TC_COUNTS_OPT if opt else TC_COUNTS, data[HEADER_LEN:q.end], opt))
-    return b"".join((data[:2], _H(flags), counts, data[HEADER_LEN:q.end], body, opt))
+def _question(key: bytes, qtype: bytes, qend: int, opt: bytes, udp_limit: int) -> Question:
+    """A Question, with its key in the upstream cache (cache.py Rule 1)."""
+    return Question(key, qtype, qend, opt, udp_limit, key + qtype + (b"\x01" if opt is OPT_DO else b"\x00"))
 
 
 def _labels(key: bytes, zone_at: int) -> int | None:
     """How many labels the wire name `key` (without its root zero byte) has; None when malformed.
 
     -1 when a label starts at `zone_at`, where `key` ends with the zone's
-    name: the name lies in the zone, and the zone's own labels need no
-    reading. This runs for every name the index does not hold.
+    name: the name lies in the zone, and the zone's own labels (ours) need
+    no reading. This runs for every name the index does not hold.
     """
+    last = len(key)
+    if last > 254:
+        return None
     pos = count = 0
-    while pos < zone_at:
+    while pos < last:
+        if pos == zone_at:
+            return -1
         length = key[pos]
         if length > 63:
             return None  # a pointer, or a reserved label type: the full resolver decides
         pos += length + 1
         count += 1
-    last = len(key)
-    if pos == zone_at:
-        return -1 if last <= 254 else None
-    while pos < last:
-        length = key[pos]
-        if length > 63:
-            return None
-        pos += length + 1
-        count += 1
-    if pos != last or last > 254:
-        return None
-    return count
+    return count if pos == last else None
 
 
 def _below_wildcard(key: bytes, parents: frozenset[bytes]) -> bool:

@@ -19,7 +19,6 @@ dict lookup); `put` takes a lock for the bookkeeping of bytes and order.
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,16 +35,11 @@ class Cached:
     expires: float
     ttls: tuple[tuple[int, int], ...]  # (offset of a TTL field in `answer`, its value when kept)
     flags: int = 0  # the header's flags word, TC and RD cleared (the client's RD goes in)
-    counts: tuple[int, int, int] = (0, 0, 0)  # answer, authority, additional
-    # The header's counts on the wire, QDCOUNT 1 first: without an OPT and with one.
-    counts_wire: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    # The header's counts on the wire (QDCOUNT 1, the answer's, authority's and additional
+    # records'): as kept, and with one more additional record for the client's OPT.
+    counts: tuple[bytes, bytes] = (b"", b"")
     # The answer aged to a whole second of its life: (seconds, bytes), replaced whole when it ages.
     aged: list[tuple[int, bytes]] = field(default_factory=list, compare=False)
-
-    def __post_init__(self) -> None:
-        an, ns, ar = self.counts
-        object.__setattr__(self, "counts_wire", (struct.pack("!HHHH", 1, an, ns, ar),
-                                                 struct.pack("!HHHH", 1, an, ns, ar + 1)))
 
 
 Key = bytes  # the lower-case wire name, the type, and DO (b"\x01" or b"\x00"): bytes keep their hash

@@ -41,7 +41,6 @@ from .table import RecordTable
 log = logging.getLogger("dockerdns.query")
 
 MAX_CLIENT_MEMO = 4096  # client addresses whose `allow` verdict is remembered; past it the memo starts over
-_H = struct.Struct("!H").pack
 RCODES = {code: RCODE.get(code) for code in range(16)}
 QTYPE_LABELS = {struct.pack("!H", getattr(QTYPE, name)): name for name in QTYPES}
 
@@ -143,11 +142,8 @@ class Responder:
         else:
             rest = wire.aged(found.answer, found.ttls, elapsed)
             found.aged[:] = [(elapsed, rest)]  # one slot: the age of this second, for every client
-        opt = q.opt
-        if q.end + len(rest) + len(opt) <= (q.udp_limit if limit is None else limit):
-            return b"".join((data[:2], _H(found.flags | (data[2] & 0x01) << 8), found.counts_wire[bool(opt)],
-                             data[answers.HEADER_LEN:q.end], rest, opt))
-        return answers.assemble(data, q, found.flags | (data[2] & 0x01) << 8, found.counts_wire[bool(opt)], rest,
+        return answers.assemble(data, q.end, q.opt, found.flags | (data[2] & 0x01) << 8,
+                                found.counts[1] if q.opt else found.counts[0], len(rest), (rest,),
                                 q.udp_limit if limit is None else limit)
 
     def handle(self, data: bytes, client: str, transport: str, reply: Reply) -> None:
@@ -238,8 +234,10 @@ class Responder:
         now = time.monotonic()
         start = layout.question_end
         flags = int.from_bytes(plain[2:4], "big") & ~(answers.TC | 0x0100)
+        an, ns, ar = layout.counts
+        counts = (struct.pack("!HHHH", 1, an, ns, ar), struct.pack("!HHHH", 1, an, ns, ar + 1))
         cached = Cached(plain[start:], now, now + keep.ttl, tuple((at - start, ttl) for at, ttl in keep.ttls),
-                        flags, layout.counts)
+                        flags, counts)
         self.cache.put(q.cache_key, cached)
 
 

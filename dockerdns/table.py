@@ -199,19 +199,13 @@ class RecordTable:
         if not found:
             self._left_out.pop(name, None)
             return None
-        claims = dict((found,)) if isinstance(found, tuple) else found
-        if len(claims) == 1:
-            self._left_out.pop(name, None)
-            claimed = next(iter(claims.values()))
-            rtype = claimed[0].rtype
-            if all(rec.rtype == rtype for rec in claimed):
-                return OneType(rtype, claimed)  # the claim's own tuple: nothing copied
-        best = min(RANK.get(owner, 1) for owner in claims)
+        claims = [found] if isinstance(found, tuple) else list(found.items())
+        best = min(RANK.get(owner, 1) for owner, _ in claims)
         if best == 0 and len(claims) > 1 and name not in self._shadowed:
             self._shadowed.add(name)
-            hidden = sorted({rec.owner_name for owner, recs in claims.items() if owner != STATIC for rec in recs})
+            hidden = sorted({rec.owner_name for owner, recs in claims if owner != STATIC for rec in recs})
             log.warning("static: %s is also claimed by %s; the static records win", name, ", ".join(hidden))
-        holders = [(owner, claimed) for owner, claimed in claims.items() if RANK.get(owner, 1) == best]
+        holders = [(owner, claimed) for owner, claimed in claims if RANK.get(owner, 1) == best]
         serving = [(owner, claimed) for owner, claimed in holders if claimed[0].health in SERVING]
         left_out = len(holders) - len(serving) if serving and len(holders) > 1 else 0
         if left_out:
@@ -223,8 +217,11 @@ class RecordTable:
         for _, claimed in holders:
             for rec in claimed:
                 rrsets.setdefault(rec.rtype, []).append(rec)
-        return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()}) if len(rrsets) > 1 else \
-            OneType(*next((t, tuple(rs)) for t, rs in rrsets.items()))
+        if len(rrsets) > 1:
+            return MappingProxyType({t: tuple(rs) for t, rs in rrsets.items()})
+        (rtype, records), = rrsets.items()
+        # One type (most names): with one holder, the claim's own tuple, nothing copied.
+        return OneType(rtype, holders[0][1] if len(holders) == 1 else tuple(records))
 
     @property
     def left_out(self) -> int:
