@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from . import datagrams
 from .connections import LISTEN_BACKLOG, Slots, accept_forever
 from .settings import Address
 from .pool import DaemonPool
@@ -52,6 +53,7 @@ TCP_RESERVED = 16  # of MAX_TCP_CONNECTIONS, kept for clients the table knows (c
 TCP_IDLE_TIMEOUT = 10.0  # seconds between queries on one connection
 TCP_READ_TIMEOUT = 5.0  # seconds to deliver one query once its length arrived
 MIN_MESSAGE = 12  # a DNS header
+STOP_TIMEOUT = 2.0  # seconds to wait for a UDP worker to leave its socket
 
 Reply = Callable[[bytes], None]
 
@@ -112,7 +114,7 @@ class UdpServer:
     """Worker threads blocking on one UDP socket."""
 
     def __init__(self, sock: socket.socket, handler: Handler, workers: int = UDP_WORKERS,
-                 rate_limit: RateLimit | None = None):
+                 rate_limit: RateLimit | None = None, batch: int = datagrams.BATCH):
         self.sock = sock
         self.address = bound_address(sock)
         self._handler = handler
@@ -120,8 +122,10 @@ class UdpServer:
         self._limited = Sparse(log, f"udp {self.address}: rate limit: dropping or truncating responses")
         self._failed = Sparse(log, f"udp {self.address}: handler failed", level=logging.ERROR)
         self._running = True
+        self._batch = batch if datagrams.available() else 0
         self._threads = [
-            threading.Thread(target=self._serve, name=f"udp {self.address} #{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._serve_batched if self._batch else self._serve,
+                             name=f"udp {self.address} #{i}", daemon=True) for i in range(workers)
         ]
 
     def start(self) -> None:
@@ -157,6 +161,35 @@ class UdpServer:
             except Exception:  # a bug must cost one answer, never a worker
                 self._failed(exc_info=True)
 
+    def _serve_batched(self) -> None:
+        """`_serve` with many datagrams per system call (Rule 1, datagrams.py): the same steps per query."""
+        handle, fast, send = self._handler.handle, self._handler.fast, self._send
+        batch = datagrams.Batch(self.sock, self._batch)
+        receive, source, answer, flush = batch.receive, batch.peer, batch.answer, batch.flush
+        while self._running:
+            try:
+                received = receive()
+            except OSError:
+                if not self._running:
+                    return
+                continue
+            for data, slot in received:
+                try:
+                    peer = source(slot)
+                    client = peer[0]
+                    found = fast(data, client)
+                    if found is not None:
+                        limit = self.rate_limit
+                        if limit is None or limit.exempt_client(client):
+                            answer(slot, found)  # sent with the others of this batch
+                        else:
+                            send(found, peer, data)
+                        continue
+                    handle(data, client, "udp", functools.partial(send, peer=peer, query=data))
+                except Exception:  # a bug must cost one answer, never a worker
+                    self._failed(exc_info=True)
+            flush()
+
     def _send(self, answer: bytes, peer: tuple, query: bytes) -> None:
         """Send `answer` as rate limiting lets it go (Rule 3): whole, truncated, or not at all."""
         limit = self.rate_limit
@@ -178,6 +211,9 @@ class UdpServer:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in recvfrom
         except OSError:
             pass
+        for thread in self._threads:  # batched workers call the C library with the descriptor's number:
+            if thread.is_alive() and thread is not threading.current_thread():  # it must not be reused under them
+                thread.join(STOP_TIMEOUT)
         self.sock.close()
 
 

@@ -1,0 +1,198 @@
+"""Datagrams in batches: recvmmsg(2) and sendmmsg(2) on Linux, one system call for many queries.
+
+Python's socket module has recvfrom and sendto, one datagram per call; under
+load the calls, not the answers, are most of a query's cost. `Batch` asks
+the kernel for up to `size` waiting datagrams at once (blocking only until
+the first one) and sends the answers to them back in one call, through
+ctypes and the C library: no new dependency, nothing compiled.
+
+Rule 1: a datagram is never cut: every receive slot holds MAX_DATAGRAM
+        bytes. The slots live in anonymous memory, so only the pages that
+        datagrams touch are resident (a few KiB per slot for DNS queries).
+Rule 2: an answer goes back to the address its query came from, which the
+        kernel already wrote into the slot: nothing is converted for it.
+Rule 3: the client's address as Python gives it (host, port[, flowinfo,
+        scope id]) is built once per source and remembered (bounded).
+Rule 4: where the C library lacks the calls (not Linux), `available()` is
+        False and the servers use recvfrom and sendto.
+
+Thread-safety: a Batch belongs to one thread; several Batches may share one
+(blocking) socket.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import socket
+import sys
+
+MAX_DATAGRAM = 65536  # bytes per slot: the largest UDP payload fits
+BATCH = 32  # datagrams per call
+MSG_WAITFORONE = 0x10000  # recvmmsg: block for the first datagram only
+NAME_SIZE = 32  # bytes per source address: sockaddr_in6 is 28
+MAX_PEERS = 4096  # source addresses remembered (Rule 3); past it the memo starts over
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not hasattr(socket, "AF_INET6") or os.uname().sysname != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        recv, send = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    recv.restype = send.restype = ctypes.c_int
+    return libc
+
+
+_LIBC = _libc()
+
+
+def available() -> bool:
+    """True when this C library has recvmmsg and sendmmsg (Rule 4)."""
+    return _LIBC is not None
+
+
+def _address(of: object) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(of))  # type: ignore[arg-type]
+
+
+class Batch:
+    """Receive slots, send slots and their message headers for one socket and one thread."""
+
+    def __init__(self, sock: socket.socket, size: int = BATCH):
+        if _LIBC is None:
+            raise OSError(errno.ENOSYS, "recvmmsg is not available")
+        if sock.gettimeout() is not None:
+            raise ValueError("a Batch needs a blocking socket")  # receive() waits in the C library
+        self._fd = sock.fileno()
+        self._recv, self._send = _LIBC.recvmmsg, _LIBC.sendmmsg
+        self.size = size
+        self._in = mmap.mmap(-1, size * MAX_DATAGRAM)  # Rule 1: resident only where written
+        self._out = mmap.mmap(-1, size * MAX_DATAGRAM)
+        self._inview, self._outview = memoryview(self._in), memoryview(self._out)
+        self._names = (ctypes.c_char * (size * NAME_SIZE))()
+        self._namesview = memoryview(self._names).cast("B")
+        self._rx = (_Mmsghdr * size)()
+        self._tx = (_Mmsghdr * size)()
+        in_iov, out_iov = (_Iovec * size)(), (_Iovec * size)()
+        in_base, out_base, names = _address(self._in), _address(self._out), ctypes.addressof(self._names)
+        for i in range(size):
+            in_iov[i].iov_base, in_iov[i].iov_len = in_base + i * MAX_DATAGRAM, MAX_DATAGRAM
+            out_iov[i].iov_base = out_base + i * MAX_DATAGRAM
+            for headers, iov in ((self._rx, in_iov), (self._tx, out_iov)):
+                hdr = headers[i].msg_hdr
+                hdr.msg_iov, hdr.msg_iovlen = ctypes.addressof(iov[i]), 1
+                hdr.msg_name, hdr.msg_namelen = names + i * NAME_SIZE, NAME_SIZE
+        self._iovs = (in_iov, out_iov)  # kept alive: the headers point into them
+        # Word views of the header arrays: a field is one index, no ctypes object per read.
+        entry = ctypes.sizeof(_Mmsghdr) // 4
+        self._rxwords = memoryview(self._rx).cast("B").cast("I")
+        self._txwords = memoryview(self._tx).cast("B").cast("I")
+        self._len_at = [i * entry + _Mmsghdr.msg_len.offset // 4 for i in range(size)]
+        self._namelen_at = [i * entry + _Msghdr.msg_namelen.offset // 4 for i in range(size)]
+        pointer = ctypes.sizeof(ctypes.c_void_p)  # size_t has the same width on Linux
+        self._txnames = memoryview(self._tx).cast("B").cast("P")  # pointer-sized words
+        self._txname_at = [i * (ctypes.sizeof(_Mmsghdr) // pointer) for i in range(size)]
+        self._outlen = memoryview(out_iov).cast("B").cast("P")
+        self._outlen_at = [i * 2 + 1 for i in range(size)]
+        self._name_base = names
+        self._peers: dict[bytes, tuple] = {}
+        self._pending = 0  # answers waiting in the send slots
+
+    def receive(self) -> list[tuple[bytes, int]]:
+        """Block until at least one datagram waits; then up to `size` of them: (data, slot) pairs.
+
+        Raises OSError as recvfrom would; an empty list means the socket was shut down.
+        """
+        words, namelen_at = self._rxwords, self._namelen_at
+        for i in range(self.size):
+            words[namelen_at[i]] = NAME_SIZE  # the kernel wrote the last sources' lengths here
+        count = self._recv(self._fd, self._rx, self.size, MSG_WAITFORONE, None)
+        if count < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        view, len_at, out = self._inview, self._len_at, []
+        for i in range(count):
+            length = words[len_at[i]]
+            if length:
+                start = i * MAX_DATAGRAM
+                out.append((view[start:start + length].tobytes(), i))
+        return out
+
+    def peer(self, slot: int) -> tuple:
+        """The source of the datagram in `slot`, as socket.recvfrom gives it (Rule 3)."""
+        start = slot * NAME_SIZE
+        raw = self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes()
+        found = self._peers.get(raw)
+        if found is None:
+            found = _decode(raw)
+            if len(self._peers) >= MAX_PEERS:
+                self._peers.clear()
+            self._peers[raw] = found
+        return found
+
+    def answer(self, slot: int, data: bytes) -> None:
+        """Queue `data` for the source of the datagram in `slot` (Rule 2); `flush` sends it."""
+        j = self._pending
+        start = j * MAX_DATAGRAM
+        self._outview[start:start + len(data)] = data
+        self._outlen[self._outlen_at[j]] = len(data)
+        self._txnames[self._txname_at[j]] = self._name_base + slot * NAME_SIZE
+        self._txwords[self._namelen_at[j]] = self._rxwords[self._namelen_at[slot]]
+        self._pending = j + 1
+
+    def flush(self) -> None:
+        """Send the queued answers; one a client cannot take is skipped (UDP has nobody to tell)."""
+        sent, pending = 0, self._pending
+        self._pending = 0
+        while sent < pending:
+            count = self._send(self._fd, ctypes.byref(self._tx, sent * ctypes.sizeof(_Mmsghdr)), pending - sent, 0)
+            if count <= 0:
+                code = ctypes.get_errno()
+                if count < 0 and code == errno.EINTR:
+                    continue
+                sent += 1  # the first of the rest failed (e.g. unreachable): drop it, try the others
+            else:
+                sent += count
+
+
+def _decode(raw: bytes) -> tuple:
+    family = int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    scope = int.from_bytes(raw[24:28], sys.byteorder)
+    if scope:
+        try:
+            host = f"{host}%{socket.if_indextoname(scope)}"
+        except OSError:
+            host = f"{host}%{scope}"
+    return host, port, int.from_bytes(raw[4:8], "big"), scope
