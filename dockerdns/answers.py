@@ -34,6 +34,15 @@ Rule 7: a query seen before on the same snapshot skips the reading: it is
         every name of a large table can be remembered, and only the table
         decides how much); past it, no more are kept until the table
         changes. Rotation still turns per answer.
+Rule 8: NXDOMAIN and answers synthesised from a wildcard one label up hold
+        no name of the question's (the SOA's owner is the zone, the
+        wildcard's records point at the question): one answer serves every
+        name it covers. It is remembered per snapshot and RA bit by the
+        query's shape: its header, the wildcard's parent (none for
+        NXDOMAIN) and what follows the name, for plain queries and answers
+        that neither rotate nor depend on the client's networks, at most
+        `MAX_SHAPES`; a name asked in a known shape gets it with its own
+        question put in, when the whole answer fits the client's size.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
         `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
@@ -53,7 +62,7 @@ import functools
 import ipaddress
 import itertools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -67,6 +76,7 @@ from .wire import pack
 PREBUILT_ROTATIONS = 16  # orders packed in advance; longer RRsets are joined per query
 MAX_FAST_QUERY = 512  # bytes: larger queries (and their EDNS options) take the full resolver
 MAX_VARIANTS = 64  # source-aware variants remembered per RRset
+MAX_SHAPES = 4096  # query shapes remembered per snapshot and RA bit (Rule 8)
 MAX_REMEMBERED = 32768  # queries remembered per snapshot at least (Rule 7): about 200 bytes each
 REMEMBERED_PER_NAME = 2  # ... and at least this many per name the index holds (A and AAAA)
 COOKIE = b"\x00\x0a"  # EDNS option code 10, RFC 7873
@@ -477,6 +487,29 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
             return b"".join((data[:2], head, data[HEADER_LEN:qend], ready_.body(), soa, opt))
         return _assemble(data, ready_, int.from_bytes(head[:2], "big"), qend, soa, opt,
                          udp_limit if limit is None else limit)
+    found: Ready | None | str
+    entry = snapshot.index.shards[hash(name) & SHARD_MASK].get(name)
+    labels, source, shape = 0, None, b""
+    if entry is None:
+        first = name[0] + 1 if name else 0
+        if 1 < first <= 64 and len(name) < 255 and snapshot.wildcards.get(name[first:]):
+            # One label below a wildcard's parent in the zone, a name the table holds (it has a child): that
+            # parent is the closest encloser, its wildcard the source (RFC 4592); the name is well formed.
+            shape = data[2:HEADER_LEN] + name[first:] + data[end:]
+        else:
+            zone = snapshot.zone_wire
+            counted = _labels(name, len(name) - len(zone) if name.endswith(zone) else -1)
+            if counted is None:
+                return None  # malformed: the full resolver answers FORMERR
+            labels = counted
+            if labels < 0:  # in the zone (a label boundary where the zone starts), and not held
+                source = _wildcard(name, snapshot) if snapshot.wildcards else None
+                if source is None:
+                    shape = data[2:HEADER_LEN] + data[end:]  # NXDOMAIN
+        if shape:  # Rule 8
+            shared = snapshot.shapes[ra].get(shape)
+            if shared is not None and end <= shared[2]:
+                return b"".join((data[:2], shared[0], data[HEADER_LEN:end + 5], shared[1]))
     read = _read(data, end)
     if read is None:
         return None
@@ -486,40 +519,31 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
         return None
     aa = AA
     keep = plain and len(memo) < snapshot.remembered  # Rule 7
-    found: Ready | None | str
-    entry = snapshot.index.shards[hash(name) & SHARD_MASK].get(name)
     if entry is not None:
         found = entry.a if qtype == TYPE_A else entry.aaaa if qtype == TYPE_AAAA else entry.find(qtype)
-    else:
-        zone = snapshot.zone_wire
-        labels = _labels(name, len(name) - len(zone) if name.endswith(zone) else -1)
-        if labels is None:
-            return None  # malformed: the full resolver answers FORMERR
-        if labels == 1:
-            # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
-            if qtype != TYPE_A and qtype != TYPE_AAAA:
-                return None
-            entry = snapshot.index.get(name + zone)
-            if entry is None:
-                return _not_ours(memo if keep else None, seen, name, qtype, read)
-            found = entry.find(qtype)
-            if found is NODATA:
-                found = EMPTY
-            elif isinstance(found, Ready) and found.soa:
-                return None  # a chain that ends negative: without the SOA here (the full resolver)
-            aa = 0
-        elif labels < 0:  # in the zone (a label boundary where the zone starts), and not held
-            found = snapshot.nxdomain
-            if snapshot.wildcards:
-                source = _wildcard(name, snapshot)
-                if source is not None:
-                    # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3).
-                    found = source.find(qtype)
-                    keep = False  # any name below it: as with NXDOMAIN, a flood of them is not kept
-        elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
-            return None  # an absolute wildcard may hold it: the full resolver decides
-        else:
+    elif labels < 0 or shape:
+        if labels == 0:  # the wildcard one label up
+            source = snapshot.index.get(b"\x01*" + name[name[0] + 1:])
+        # RFC 4592: the wildcard's answers, their owner the question (wire.py Rule 3); else NXDOMAIN.
+        found = source.find(qtype) if source is not None else None if labels == 0 else snapshot.nxdomain
+        keep = False  # any name below it: a flood of them is not kept (Rule 7), their shapes are (Rule 8)
+    elif labels == 1:
+        # Resolver Rule 3: a single label, for A and AAAA, as the zone's name, without AA.
+        if qtype != TYPE_A and qtype != TYPE_AAAA:
+            return None
+        entry = snapshot.index.get(name + snapshot.zone_wire)
+        if entry is None:
             return _not_ours(memo if keep else None, seen, name, qtype, read)
+        found = entry.find(qtype)
+        if found is NODATA:
+            found = EMPTY
+        elif isinstance(found, Ready) and found.soa:
+            return None  # a chain that ends negative: without the SOA here (the full resolver)
+        aa = 0
+    elif snapshot.wildcards and _below_wildcard(name, snapshot.wildcards):
+        return None  # an absolute wildcard may hold it: the full resolver decides
+    else:
+        return _not_ours(memo if keep else None, seen, name, qtype, read)
     if found is None:
         return None
     ready_ = snapshot.nodata if found is NODATA else found  # type: ignore[assignment]
@@ -535,6 +559,13 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
             memo[seen] = b"".join((head, seen[10:end + 3], fixed, soa, opt))
         else:
             memo[seen] = (ready_, head, size, qend, opt, udp_limit, soa)
+    elif shape and plain and ready_.aware is None and ready_.fixed is not None:
+        shapes = snapshot.shapes[ra]
+        if len(shapes) < MAX_SHAPES:
+            tail = ready_.fixed + soa + opt
+            # Rule 8: the largest offset of a question's end for which the whole answer fits.
+            shapes[shape] = (_H(flags) + (ready_.counts_opt if opt else ready_.counts), tail,
+                             udp_limit - len(tail) - 5)
     if ready_.aware is not None:
         networks = snapshot.networks_of(client)
         if networks:
@@ -598,7 +629,7 @@ def _labels(key: bytes, zone_at: int) -> int | None:
     return count if pos == last else None
 
 
-def _below_wildcard(key: bytes, parents: frozenset[bytes]) -> bool:
+def _below_wildcard(key: bytes, parents: Mapping[bytes, bool]) -> bool:
     """True when a proper ancestor of `key` is the parent of a wildcard name."""
     pos = key[0] + 1
     while pos < len(key):
@@ -610,9 +641,9 @@ def _below_wildcard(key: bytes, parents: frozenset[bytes]) -> bool:
 
 def _wildcard(key: bytes, snapshot: Snapshot) -> Entry | None:
     """The entry of `*.<closest encloser>` for a name the index does not hold (RFC 4592 section 3.3.1)."""
-    if not _below_wildcard(key, snapshot.wildcards):
+    parents, index = snapshot.wildcards, snapshot.index
+    if not _below_wildcard(key, parents):
         return None  # no wildcard above it: no lookup of its ancestors
-    index = snapshot.index
     pos = key[0] + 1
     while pos < len(key):
         ancestor = key[pos:]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from .records import SERVER, Record
@@ -144,10 +145,13 @@ class Snapshot:
     # Queries seen on this snapshot -> what answers.respond read of them (answers.py Rule 7): one
     # memo for answers without RA, one with it (forwarding off or on).
     queries: tuple[dict[bytes, Any], dict[bytes, Any]] = field(default_factory=lambda: ({}, {}), compare=False)
+    # Answers that hold no name of the question's, by the query's shape (answers.py Rule 8), per RA bit.
+    shapes: tuple[dict[bytes, Any], dict[bytes, Any]] = field(default_factory=lambda: ({}, {}), compare=False)
     remembered: int = 32768  # queries `queries` keeps at most (answers.remembered_limit)
     zone_wire: bytes = b"\x06docker"  # the zone in wire format, without the root's zero byte
-    # The parents of the wildcard names (`*.<parent>`) the table holds, as index keys (answers.wire_key).
-    wildcards: frozenset[bytes] = frozenset()
+    # The parents of the wildcard names (`*.<parent>`) the table holds, as index keys (answers.wire_key),
+    # each with whether it lies in the zone.
+    wildcards: Mapping[bytes, bool] = field(default_factory=lambda: MappingProxyType({}))
     left_out: int = 0  # holders of shared names left out for their health (table.py Rule 5)
 
     def exists(self, name: str) -> bool:

@@ -155,10 +155,15 @@ class RecordTable:
         if subnets == old_snap.subnets:
             subnets = old_snap.subnets  # the same object: the client-networks memo stays (snapshot.py Rule 2)
         wildcards = old_snap.wildcards
-        changed_wildcards = {answers.wire_key(key[2:]): value for key, value in names.items() if key.startswith("*.")}
+        changed_wildcards = {key[2:]: value for key, value in names.items() if key.startswith("*.")}
         if changed_wildcards:
-            kept = {parent for parent in wildcards if parent not in changed_wildcards}
-            wildcards = frozenset(kept | {parent for parent, value in changed_wildcards.items() if value is not GONE})
+            wildcards = dict(wildcards)
+            for parent, value in changed_wildcards.items():
+                if value is GONE:
+                    wildcards.pop(answers.wire_key(parent), None)
+                else:
+                    wildcards[answers.wire_key(parent)] = in_zone(parent, old_snap.zone)
+            wildcards = MappingProxyType(wildcards)
         snapshot = replace(
             old_snap,
             generation=old_snap.generation + 1,
@@ -263,7 +268,7 @@ class RecordTable:
             affected |= frontier
         affected.add(snapshot.zone)  # the apex's SOA serial is the generation
         nodata, nxdomain = answers.negatives(snapshot)
-        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain, queries=({}, {}))
+        snapshot = replace(snapshot, nodata=nodata, nxdomain=nxdomain, queries=({}, {}), shapes=({}, {}))
         index: dict[bytes, object] = {}
         for name in affected:
             if not (in_zone(name, snapshot.zone) or name in snapshot.names):

@@ -359,3 +359,56 @@ def test_qtypes_in_index_are_two_bytes() -> None:
     table = fixture_table()
     entry = table.snapshot.index[answers.wire_key("gateway.docker.")]
     assert entry.find(QTYPE.A.to_bytes(2, "big")) is entry.a and entry.a is not entry.other
+
+
+def test_answers_shared_by_their_shape_as_the_resolver_does() -> None:
+    """NXDOMAIN and wildcard answers come from the query's shape (answers.py Rule 8) with resolve()'s bytes:
+    names of every length, one label and more below a wildcard, blocked ones, and answers near the size limit."""
+    from .test_wildcards import make_table as wildcard_table
+
+    table = wildcard_table()
+    table.replace("big", [Record("*.big.docker.", "TXT", f'"{"z" * 240}" "{"y" * 199}"', 60),
+                          Record("*.two.docker.", "A", "10.0.0.1", 60), Record("*.two.docker.", "A", "10.0.0.2", 60)])
+    snap = table.snapshot
+    rng = random.Random(8)
+
+    def name() -> str:
+        """Labels below one of the bases, up to a random length (long ones cross the 512-byte limit)."""
+        base = rng.choice(["web.docker", "docker", "big.docker", "big.docker", "two.docker", "api.web.docker",
+                           "_tcp.host1.docker", "nope.docker", "ext.example.test"])
+        length = rng.randrange(len(base) + 2, 253)
+        labels = [base]
+        while length - len(".".join(labels)) > 1:
+            size = min(63, length - len(".".join(labels)) - 1, rng.choice([1, 5, 30, 63, 63]))
+            labels.insert(0, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789-") for _ in range(size)))
+        return ".".join(labels) if len(labels) > 1 else f"x.{base}"
+
+    shapes = ["plain", "edns", "do", "cookie", "small"]
+    served = 0
+    for _ in range(3000):
+        shape, qtype = rng.choice(shapes), rng.choice(["A", "TXT", "MX", "AAAA"])
+        data = query_bytes(mixed_case(name(), rng), qtype, rng, shape)
+        fast = answers.answer(data, snap, rng.random() < 0.5, "127.0.0.1")
+        ra = bool(fast and fast[3] & 0x80)
+        query = wire.decode(data)
+        assert isinstance(query, DNSRecord)
+        outcome = resolve(query, snap, "127.0.0.1", Policy(allow=DEFAULT_ALLOW, forwarding=ra))
+        if fast is None:
+            continue
+        assert isinstance(outcome, Answer)
+        rotated = resolve(query, snap, "127.0.0.1", Policy(allow=DEFAULT_ALLOW, forwarding=ra), 1)
+        assert isinstance(rotated, Answer)
+        expected = [wire.encode(found.message, wire.udp_limit(query)) for found in (outcome, rotated)]
+        assert fast in expected, (DNSRecord.parse(data).q, DNSRecord.parse(fast))  # rotation aside
+        served += 1
+    assert served > 2000
+    for shape in ("plain", "small"):  # every length around the 512-byte limit, the shape known
+        for size in range(1, 64):  # one label of 1 to 63 bytes: the answer crosses 512 bytes at 30
+            data = query_bytes(f"{'z' * size}.big.docker", "TXT", rng, shape)
+            query = wire.decode(data)
+            assert isinstance(query, DNSRecord)
+            outcome = resolve(query, snap, "127.0.0.1", POLICY)
+            assert isinstance(outcome, Answer)
+            assert answers.answer(data, snap, True, "127.0.0.1") == wire.encode(outcome.message, wire.udp_limit(query))
+    assert snap.shapes[0] and snap.shapes[1]  # the shapes were remembered, and answered from
+    assert len(snap.shapes[0]) + len(snap.shapes[1]) <= 2 * answers.MAX_SHAPES
