@@ -492,10 +492,14 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
     labels, source, shape = 0, None, b""
     if entry is None:
         first = name[0] + 1 if name else 0
-        if 1 < first <= 64 and len(name) < 255 and snapshot.wildcards.get(name[first:]):
+        parent = name[first:] if 1 < first <= 64 and len(name) < 255 else None
+        if parent is not None and snapshot.wildcards.get(parent):
             # One label below a wildcard's parent in the zone, a name the table holds (it has a child): that
             # parent is the closest encloser, its wildcard the source (RFC 4592); the name is well formed.
-            shape = data[2:HEADER_LEN] + name[first:] + data[end:]
+            shape = data[2:HEADER_LEN] + parent + data[end:]
+        elif parent == snapshot.zone_wire:
+            shape = data[2:HEADER_LEN] + data[end:]  # one label below the apex, no wildcard there: NXDOMAIN
+            labels = -1
         else:
             zone = snapshot.zone_wire
             counted = _labels(name, len(name) - len(zone) if name.endswith(zone) else -1)

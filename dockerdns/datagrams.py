@@ -123,7 +123,13 @@ class Batch:
         self._outlen = memoryview(out_iov).cast("B").cast("P")
         self._outlen_at = [i * 2 + 1 for i in range(size)]
         self._name_base = names
-        self._peers: dict[bytes, tuple] = {}
+        # The sources' sockaddr_in (16 bytes) or sockaddr_in6 (28 bytes, V6ONLY sockets): the answers'
+        # destinations have that length; an IPv4 source is known by its first 8 bytes (family, port, address).
+        self._v4 = sock.family == socket.AF_INET
+        self._names64 = memoryview(self._names).cast("B").cast("Q")
+        for i in range(size):
+            self._txwords[self._namelen_at[i]] = 16 if self._v4 else 28
+        self._peers: dict[bytes | int, tuple] = {}
         self._pending = 0  # answers waiting in the send slots
 
     def receive(self) -> list[tuple[bytes, int]]:
@@ -148,14 +154,19 @@ class Batch:
 
     def peer(self, slot: int) -> tuple:
         """The source of the datagram in `slot`, as socket.recvfrom gives it (Rule 3)."""
-        start = slot * NAME_SIZE
-        raw = self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes()
-        found = self._peers.get(raw)
+        key: bytes | int
+        if self._v4:
+            key = self._names64[slot * (NAME_SIZE // 8)]
+        else:
+            start = slot * NAME_SIZE
+            key = self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes()
+        found = self._peers.get(key)
         if found is None:
-            found = _decode(raw)
+            start = slot * NAME_SIZE
+            found = _decode(self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes())
             if len(self._peers) >= MAX_PEERS:
                 self._peers.clear()
-            self._peers[raw] = found
+            self._peers[key] = found
         return found
 
     def answer(self, slot: int, data: bytes) -> None:
@@ -165,7 +176,6 @@ class Batch:
         self._outview[start:start + len(data)] = data
         self._outlen[self._outlen_at[j]] = len(data)
         self._txnames[self._txname_at[j]] = self._name_base + slot * NAME_SIZE
-        self._txwords[self._namelen_at[j]] = self._rxwords[self._namelen_at[slot]]
         self._pending = j + 1
 
     def flush(self) -> None:

@@ -1,7 +1,9 @@
 """Threaded UDP and TCP front ends: sockets, framing, limits and timeouts; nothing else.
 
-Rule 1: UDP is served by a fixed set of worker threads per socket, each
-        blocking in recvfrom on the shared socket: no thread per packet.
+Rule 1: UDP is served by a fixed set of worker threads per socket (one:
+        a second only takes turns with it for the GIL, which costs tail
+        latency), each blocking for a batch of datagrams (datagrams.py, or
+        recvfrom where the C library lacks recvmmsg): no thread per packet.
 Rule 2: TCP is an accept loop and at most `MAX_TCP_CONNECTIONS` connection
         threads (connections.py). At the cap, the connection that has gone
         the longest without delivering a whole query is closed to make room,
@@ -45,7 +47,7 @@ from .sparse import Sparse
 
 log = logging.getLogger("dockerdns.server")
 
-UDP_WORKERS = 2  # threads per UDP socket
+UDP_WORKERS = 1  # threads per UDP socket (Rule 1)
 UDP_RCVBUF = 4 * 1024 * 1024  # bytes: absorbs bursts while workers are busy
 MAX_UDP_MESSAGE = 65535
 MAX_TCP_CONNECTIONS = 128
