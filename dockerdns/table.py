@@ -112,17 +112,26 @@ class RecordTable:
             old = self._by_owner.get(owner, ())
             if old == records:
                 continue
+            before: dict[str, list[Record]] = {}
             for rec in old:
-                touched.add(rec.name)
-                self._unclaim(rec.name, owner)
-                self._index_record(rec, owner, -1, hosts)
+                before.setdefault(rec.name, []).append(rec)
             grouped: dict[str, list[Record]] = {}
             for rec in records:
                 grouped.setdefault(rec.name, []).append(rec)
-                self._index_record(rec, owner, +1, hosts)
+            # Only the names whose records changed are touched: a reload of a large config that
+            # changes one record rebuilds one name's answers, not every name's.
+            for name, recs in before.items():
+                if grouped.get(name) != recs:
+                    touched.add(name)
+                    self._unclaim(name, owner)
+                    for rec in recs:
+                        self._index_record(rec, owner, -1, hosts)
             for name, recs in grouped.items():
-                touched.add(name)
-                self._claim(name, owner, tuple(recs))
+                if before.get(name) != recs:
+                    touched.add(name)
+                    for rec in recs:
+                        self._index_record(rec, owner, +1, hosts)
+                    self._claim(name, owner, tuple(recs))
             if records:
                 self._by_owner[owner] = records
                 owners[owner] = records

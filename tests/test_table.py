@@ -139,3 +139,32 @@ def test_health_change_moves_a_holder_in_and_out() -> None:
     table.replace("c2", [Record("web.p.docker.", "A", "10.0.0.2", 1, "c2", health="healthy")])
     assert sorted(r.value for r in table.snapshot.names["web.p.docker."]["A"]) == ["10.0.0.1", "10.0.0.2"]
     assert table.left_out == 0
+
+
+def test_a_reload_rebuilds_only_the_names_it_changed() -> None:
+    """Replacing an owner's many records (a config reload, a container's new networks) rebuilds the names whose
+    records changed, and only them; what the table says of the others and of every address stays right."""
+    from dockerdns import answers
+
+    def rec(name: str, value: str) -> Record:
+        return Record(name, "A", value, 5, "c1", "c1")
+
+    table = RecordTable("docker")
+    records = [rec(f"h{i}.docker.", f"10.0.0.{i}") for i in range(1, 50)]
+    records += [rec("two.docker.", "10.0.1.1"), rec("two.docker.", "10.0.1.2")]
+    table.replace("c1", records)
+    before = table.snapshot
+    changed = [r for r in records if r.name != "h11.docker." and r.value != "10.0.1.2"]
+    changed += [rec("h11.docker.", "10.9.9.9"), rec("new.docker.", "10.0.2.1")]
+    table.replace("c1", changed)
+    after = table.snapshot
+    key = answers.wire_key
+    assert after.index.get(key("h12.docker.")) is before.index.get(key("h12.docker."))  # not rebuilt
+    assert after.index.get(key("h11.docker.")) is not before.index.get(key("h11.docker."))
+    assert [r.value for r in after.names["h11.docker."]["A"]] == ["10.9.9.9"]
+    assert [r.value for r in after.names["two.docker."]["A"]] == ["10.0.1.1"]
+    assert [r.value for r in after.names["new.docker."]["A"]] == ["10.0.2.1"]
+    assert "10.0.0.11" not in after.hosts and "10.0.1.2" not in after.hosts
+    assert {"10.9.9.9", "10.0.1.1", "10.0.2.1", "10.0.0.12"} <= set(after.hosts)
+    table.replace("c1", [])
+    assert not table.snapshot.names and not set(table.snapshot.hosts)
