@@ -609,20 +609,48 @@ _VALUE_FIELDS = {"A": 1, "AAAA": 1, "CNAME": 1, "PTR": 1, "MX": 2, "SRV": 4}
 _ADDRESS_TYPES = {"A": ipaddress.IPv4Address, "AAAA": ipaddress.IPv6Address}
 
 
+# The records the last `records` list parsed into, by what they were read from (and the zone and
+# default TTL they were read with): a reload reads again only the entries that changed.
+_last_records: dict[tuple, Record] = {}
+
+
 def _static_records(domain: str, ttl: int) -> _Parse[tuple[Record, ...]]:
     """A parser of the `records` list; names go under `domain`, `ttl` is the default TTL (Rule 4)."""
+    last, seen = _last_records, {}
 
     def parse_record(item: object, where: _Where) -> Record:
-        return _static_record(item, where, domain, ttl)
+        key = _record_key(item, domain, ttl)
+        record = last.get(key) if key is not None else None
+        if record is None:
+            record = _static_record(item, where, domain, ttl)
+        if key is not None:
+            seen[key] = record
+        return record
 
     def parse(value: object, where: _Where) -> tuple[Record, ...]:
+        global _last_records
         records = _list_of(parse_record)(value, where)  # raises unless every item parsed: index i is records[i]
         problems = _zone_problems(records, where)
         if problems:
             raise _Invalid(problems)
+        _last_records = seen  # replaced whole: bounded by the config's own size
         return records
 
     return parse
+
+
+def _record_key(item: object, domain: str, ttl: int) -> tuple | None:
+    """`item` as a key of `_last_records` when it is a mapping of plain scalars, else None (read it afresh)."""
+    if not isinstance(item, dict):
+        return None
+    values = tuple(item.items())
+    for _, value in values:
+        if value.__class__ not in _SCALARS:
+            return None
+    return domain, ttl, values
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _zone_problems(records: tuple[Record, ...], where: _Where) -> list[str]:
@@ -637,14 +665,15 @@ def _zone_problems(records: tuple[Record, ...], where: _Where) -> list[str]:
     cname_at: dict[str, int] = {}  # name -> index of its CNAME
     rrset_at: dict[tuple[str, str], int] = {}  # (name, type) -> index of the RRset's first record
     for index, record in enumerate(records):
-        here = where.item(index).label
         other = cname_at.get(record.name) if record.rtype != "CNAME" else first_at.get(record.name)
         if other is not None:
+            here = where.item(index).label
             problems.append(f"{here}: {record.rtype} at {record.name} beside {where.item(other).label} "
                             f"({records[other].rtype}); a CNAME stands alone at its name (RFC 2181 section 10.1)")
         else:
             same = rrset_at.get((record.name, record.rtype))
             if same is not None and records[same].ttl != record.ttl:
+                here = where.item(index).label
                 problems.append(f"{here}: ttl {record.ttl} of {record.name} {record.rtype} differs from "
                                 f"{where.item(same).label} (ttl {records[same].ttl}); one RRset has one TTL "
                                 "(RFC 2181 section 5.2)")

@@ -15,6 +15,11 @@ Rule 3: the client's address as Python gives it (host, port[, flowinfo,
         scope id]) is built once per source and remembered (bounded).
 Rule 4: where the C library lacks the calls (not Linux), `available()` is
         False and the servers use recvfrom and sendto.
+Rule 5: a call that would block releases the GIL; one that cannot
+        (MSG_DONTWAIT) keeps it. A thread that has the GIL takes the next
+        batch and sends its answers without queueing for the GIL again
+        behind a busy thread (a reload): it waits for the GIL once per
+        switch interval, not once per batch.
 
 Thread-safety: a Batch belongs to one thread; several Batches may share one
 (blocking) socket.
@@ -29,10 +34,12 @@ import mmap
 import os
 import socket
 import sys
+from typing import Any, NamedTuple
 
 MAX_DATAGRAM = 65536  # bytes per slot: the largest UDP payload fits
 BATCH = 32  # datagrams per call
 MSG_WAITFORONE = 0x10000  # recvmmsg: block for the first datagram only
+MSG_DONTWAIT = 0x40
 NAME_SIZE = 32  # bytes per source address: sockaddr_in6 is 28
 MAX_PEERS = 4096  # source addresses remembered (Rule 3); past it the memo starts over
 
@@ -57,18 +64,33 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-def _libc() -> ctypes.CDLL | None:
+class _Calls(NamedTuple):
+    """recvmmsg and sendmmsg twice: letting other threads run while the call blocks (a wait), and
+    keeping the GIL for a call that cannot block (MSG_DONTWAIT), so that a thread that has the GIL
+    goes on with the datagrams that wait instead of queueing for it again (Rule 5)."""
+
+    recv_wait: Any
+    send_wait: Any
+    recv_now: Any
+    send_now: Any
+
+
+def _libc() -> _Calls | None:
     if not hasattr(socket, "AF_INET6") or os.uname().sysname != "Linux":
         return None
+    path = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        recv, send = libc.recvmmsg, libc.sendmmsg
+        releasing, holding = ctypes.CDLL(path, use_errno=True), ctypes.PyDLL(path, use_errno=True)
+        calls = _Calls(releasing.recvmmsg, releasing.sendmmsg, holding.recvmmsg, holding.sendmmsg)
     except (OSError, AttributeError):
         return None
-    recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-    send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-    recv.restype = send.restype = ctypes.c_int
-    return libc
+    for recv in (calls.recv_wait, calls.recv_now):
+        recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+        recv.restype = ctypes.c_int
+    for send in (calls.send_wait, calls.send_now):
+        send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        send.restype = ctypes.c_int
+    return calls
 
 
 _LIBC = _libc()
@@ -92,7 +114,7 @@ class Batch:
         if sock.gettimeout() is not None:
             raise ValueError("a Batch needs a blocking socket")  # receive() waits in the C library
         self._fd = sock.fileno()
-        self._recv, self._send = _LIBC.recvmmsg, _LIBC.sendmmsg
+        self._calls = _LIBC
         self.size = size
         self._in = mmap.mmap(-1, size * MAX_DATAGRAM)  # Rule 1: resident only where written
         self._out = mmap.mmap(-1, size * MAX_DATAGRAM)
@@ -132,17 +154,24 @@ class Batch:
         self._peers: dict[bytes | int, tuple] = {}
         self._pending = 0  # answers waiting in the send slots
 
-    def receive(self) -> list[tuple[bytes, int]]:
-        """Block until at least one datagram waits; then up to `size` of them: (data, slot) pairs.
+    def receive(self, wait: bool = True) -> list[tuple[bytes, int]]:
+        """Up to `size` waiting datagrams: (data, slot) pairs. With `wait`, block until there is one
+        (other threads run meanwhile); without, return at once, keeping the GIL (Rule 5).
 
-        Raises OSError as recvfrom would; an empty list means the socket was shut down.
+        Raises OSError as recvfrom would; an empty list means none waited
+        (without `wait`) or the socket was shut down.
         """
         words, namelen_at = self._rxwords, self._namelen_at
         for i in range(self.size):
             words[namelen_at[i]] = NAME_SIZE  # the kernel wrote the last sources' lengths here
-        count = self._recv(self._fd, self._rx, self.size, MSG_WAITFORONE, None)
+        if wait:
+            count = self._calls.recv_wait(self._fd, self._rx, self.size, MSG_WAITFORONE, None)
+        else:
+            count = self._calls.recv_now(self._fd, self._rx, self.size, MSG_DONTWAIT, None)
         if count < 0:
             code = ctypes.get_errno()
+            if code == errno.EAGAIN and not wait:
+                return []
             raise OSError(code, os.strerror(code))
         view, len_at, out = self._inview, self._len_at, []
         for i in range(count):
@@ -180,13 +209,14 @@ class Batch:
 
     def flush(self) -> None:
         """Send the queued answers; one a client cannot take is skipped (UDP has nobody to tell)."""
-        sent, pending = 0, self._pending
+        sent, pending, send, flags = 0, self._pending, self._calls.send_now, MSG_DONTWAIT
         self._pending = 0
         while sent < pending:
-            count = self._send(self._fd, ctypes.byref(self._tx, sent * ctypes.sizeof(_Mmsghdr)), pending - sent, 0)
+            count = send(self._fd, ctypes.byref(self._tx, sent * ctypes.sizeof(_Mmsghdr)), pending - sent, flags)
             if count <= 0:
                 code = ctypes.get_errno()
-                if count < 0 and code == errno.EINTR:
+                if count < 0 and code in (errno.EAGAIN, errno.EINTR):
+                    send, flags = self._calls.send_wait, 0  # the send buffer is full: wait, letting others run
                     continue
                 sent += 1  # the first of the rest failed (e.g. unreachable): drop it, try the others
             else:

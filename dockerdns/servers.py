@@ -168,13 +168,15 @@ class UdpServer:
         handle, fast, send = self._handler.handle, self._handler.fast, self._send
         batch = datagrams.Batch(self.sock, self._batch)
         receive, source, answer, flush = batch.receive, batch.peer, batch.answer, batch.flush
+        wait = True
         while self._running:
             try:
-                received = receive()
+                received = receive(wait)
             except OSError:
                 if not self._running:
                     return
                 continue
+            wait = not received  # while datagrams keep coming, take them without giving up the GIL
             for data, slot in received:
                 try:
                     peer = source(slot)
