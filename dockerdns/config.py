@@ -610,13 +610,17 @@ _ADDRESS_TYPES = {"A": ipaddress.IPv4Address, "AAAA": ipaddress.IPv6Address}
 
 
 # The records the last `records` list parsed into, by what they were read from (and the zone and
-# default TTL they were read with): a reload reads again only the entries that changed.
+# default TTL they were read with): a reload reads again only the entries that changed. Lists of
+# up to MAX_KEPT_RECORDS only: the keys hold the parser's strings (1.5 KB a record), and a large
+# generated config is read once, at start.
 _last_records: dict[tuple, Record] = {}
+MAX_KEPT_RECORDS = 2000
 
 
 def _static_records(domain: str, ttl: int) -> _Parse[tuple[Record, ...]]:
     """A parser of the `records` list; names go under `domain`, `ttl` is the default TTL (Rule 4)."""
-    last, seen = _last_records, {}
+    last: dict[tuple, Record] = _last_records
+    seen: dict[tuple, Record] = {}
 
     def parse_record(item: object, where: _Where) -> Record:
         key = _record_key(item, domain, ttl)
@@ -627,13 +631,18 @@ def _static_records(domain: str, ttl: int) -> _Parse[tuple[Record, ...]]:
             seen[key] = record
         return record
 
+    def parse_afresh(item: object, where: _Where) -> Record:
+        return _static_record(item, where, domain, ttl)
+
     def parse(value: object, where: _Where) -> tuple[Record, ...]:
         global _last_records
-        records = _list_of(parse_record)(value, where)  # raises unless every item parsed: index i is records[i]
+        kept = isinstance(value, list) and len(value) <= MAX_KEPT_RECORDS
+        # raises unless every item parsed: index i is records[i]
+        records = _list_of(parse_record if kept else parse_afresh)(value, where)
         problems = _zone_problems(records, where)
         if problems:
             raise _Invalid(problems)
-        _last_records = seen  # replaced whole: bounded by the config's own size
+        _last_records = seen  # replaced whole: what this list holds, no more
         return records
 
     return parse

@@ -163,7 +163,7 @@ def test_static_records_follow_domain_and_ttl_from_flags(tmp_path: Path) -> None
     assert zone_text(settings) == ["gw.lan. 30 IN A 10.0.0.1"]
 
 
-def test_reading_again_gives_what_a_first_read_gives(tmp_path: Path) -> None:
+def test_reading_again_gives_what_a_first_read_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records read before are not validated again (config._last_records), yet each read says what its own
     text, domain and ttl say: a changed record, a new default, a now-bad entry and the zone rules included."""
     text = "records:\n  - {name: gw, type: A, value: 10.0.0.1}\n  - {name: web, type: A, value: 10.0.0.2}\n"
@@ -179,8 +179,11 @@ def test_reading_again_gives_what_a_first_read_gives(tmp_path: Path) -> None:
         load(tmp_path, changed.replace("10.0.0.1", "10.0.0.999"))
     assert bad.value.problems[0].startswith("records[0].value:")
     assert zone_text(load(tmp_path, changed)) == ["gw.docker. 1 IN A 10.0.0.1", "web.docker. 1 IN A 10.0.0.3"]
-    # What is remembered is the last good read's records, no more.
+    # What is remembered is the last good read's records, no more; nothing for a long list.
     assert set(config._last_records.values()) == set(load(tmp_path, changed).records)
+    monkeypatch.setattr(config, "MAX_KEPT_RECORDS", 1)
+    assert zone_text(load(tmp_path, changed)) == ["gw.docker. 1 IN A 10.0.0.1", "web.docker. 1 IN A 10.0.0.3"]
+    assert config._last_records == {}
 
 
 def test_zone_rules_accept_what_a_zone_may_hold(tmp_path: Path) -> None:
