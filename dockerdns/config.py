@@ -652,11 +652,12 @@ def _record_key(item: object, domain: str, ttl: int) -> tuple | None:
     """`item` as a key of `_last_records` when it is a mapping of plain scalars, else None (read it afresh)."""
     if not isinstance(item, dict):
         return None
-    values = tuple(item.items())
-    for _, value in values:
+    values = []
+    for key, value in item.items():
         if value.__class__ not in _SCALARS:
             return None
-    return domain, ttl, values
+        values.append((key, value.__class__, value))  # the class too: True == 1 == 1.0, yet only 1 is a TTL
+    return domain, ttl, tuple(values)
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})

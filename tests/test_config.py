@@ -178,6 +178,11 @@ def test_reading_again_gives_what_a_first_read_gives(tmp_path: Path, monkeypatch
     with pytest.raises(ConfigError) as bad:
         load(tmp_path, changed.replace("10.0.0.1", "10.0.0.999"))
     assert bad.value.problems[0].startswith("records[0].value:")
+    with_ttl = changed.replace("10.0.0.1}", "10.0.0.1, ttl: 1}")
+    assert zone_text(load(tmp_path, with_ttl))[0] == "gw.docker. 1 IN A 10.0.0.1"
+    with pytest.raises(ConfigError) as bad:  # equal to 1 in Python, yet no TTL
+        load(tmp_path, changed.replace("10.0.0.1}", "10.0.0.1, ttl: true}"))
+    assert bad.value.problems[0].startswith("records[0].ttl:")
     assert zone_text(load(tmp_path, changed)) == ["gw.docker. 1 IN A 10.0.0.1", "web.docker. 1 IN A 10.0.0.3"]
     # What is remembered is the last good read's records, no more; nothing for a long list.
     assert set(config._last_records.values()) == set(load(tmp_path, changed).records)
