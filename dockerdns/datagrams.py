@@ -11,8 +11,12 @@ Rule 1: a datagram is never cut: every receive slot holds MAX_DATAGRAM
         datagrams touch are resident (a few KiB per slot for DNS queries).
 Rule 2: an answer goes back to the address its query came from, which the
         kernel already wrote into the slot: nothing is converted for it.
-Rule 3: the client's address as Python gives it (host, port[, flowinfo,
-        scope id]) is built once per source and remembered (bounded).
+Rule 3: a source is what the kernel wrote, as one int for IPv4 (family,
+        port and address: the sockaddr_in's first 8 bytes) or the
+        sockaddr_in6's bytes: cheap to hash (a worker's fair queue keys
+        on it) and written back as it is for the answer. The client's
+        address as Python gives it (host, port[, flowinfo, scope id]) is
+        built once per source and remembered (bounded).
 Rule 4: where the C library lacks the calls (not Linux), `available()` is
         False and the servers use recvfrom and sendto.
 Rule 5: a call that would block releases the GIL; one that cannot
@@ -41,6 +45,9 @@ BATCH = 32  # datagrams per call
 MSG_WAITFORONE = 0x10000  # recvmmsg: block for the first datagram only
 MSG_DONTWAIT = 0x40
 NAME_SIZE = 32  # bytes per source address: sockaddr_in6 is 28
+WORDS_PER_NAME = NAME_SIZE // 8
+V4_NAME, V6_NAME = 16, 28  # sizeof(sockaddr_in), sizeof(sockaddr_in6)
+SMALL = 512  # bytes: a datagram over it counts in `large_bytes`
 MAX_PEERS = 4096  # source addresses remembered (Rule 3); past it the memo starts over
 
 
@@ -121,17 +128,20 @@ class Batch:
         self._inview, self._outview = memoryview(self._in), memoryview(self._out)
         self._names = (ctypes.c_char * (size * NAME_SIZE))()
         self._namesview = memoryview(self._names).cast("B")
+        self._txnames_buf = (ctypes.c_char * (size * NAME_SIZE))()  # the answers' destinations
+        self._txnamesview = memoryview(self._txnames_buf).cast("B")
         self._rx = (_Mmsghdr * size)()
         self._tx = (_Mmsghdr * size)()
         in_iov, out_iov = (_Iovec * size)(), (_Iovec * size)()
-        in_base, out_base, names = _address(self._in), _address(self._out), ctypes.addressof(self._names)
+        in_base, out_base = _address(self._in), _address(self._out)
+        names, txnames = ctypes.addressof(self._names), ctypes.addressof(self._txnames_buf)
         for i in range(size):
             in_iov[i].iov_base, in_iov[i].iov_len = in_base + i * MAX_DATAGRAM, MAX_DATAGRAM
             out_iov[i].iov_base = out_base + i * MAX_DATAGRAM
-            for headers, iov in ((self._rx, in_iov), (self._tx, out_iov)):
+            for headers, iov, base in ((self._rx, in_iov, names), (self._tx, out_iov, txnames)):
                 hdr = headers[i].msg_hdr
                 hdr.msg_iov, hdr.msg_iovlen = ctypes.addressof(iov[i]), 1
-                hdr.msg_name, hdr.msg_namelen = names + i * NAME_SIZE, NAME_SIZE
+                hdr.msg_name, hdr.msg_namelen = base + i * NAME_SIZE, NAME_SIZE
         self._iovs = (in_iov, out_iov)  # kept alive: the headers point into them
         # Word views of the header arrays: a field is one index, no ctypes object per read.
         entry = ctypes.sizeof(_Mmsghdr) // 4
@@ -139,72 +149,89 @@ class Batch:
         self._txwords = memoryview(self._tx).cast("B").cast("I")
         self._len_at = [i * entry + _Mmsghdr.msg_len.offset // 4 for i in range(size)]
         self._namelen_at = [i * entry + _Msghdr.msg_namelen.offset // 4 for i in range(size)]
-        pointer = ctypes.sizeof(ctypes.c_void_p)  # size_t has the same width on Linux
-        self._txnames = memoryview(self._tx).cast("B").cast("P")  # pointer-sized words
-        self._txname_at = [i * (ctypes.sizeof(_Mmsghdr) // pointer) for i in range(size)]
         self._outlen = memoryview(out_iov).cast("B").cast("P")
         self._outlen_at = [i * 2 + 1 for i in range(size)]
-        self._name_base = names
         # The sources' sockaddr_in (16 bytes) or sockaddr_in6 (28 bytes, V6ONLY sockets): the answers'
-        # destinations have that length; an IPv4 source is known by its first 8 bytes (family, port, address).
+        # destinations have that length; an IPv4 source is its first 8 bytes (family, port, address).
         self._v4 = sock.family == socket.AF_INET
         self._names64 = memoryview(self._names).cast("B").cast("Q")
+        self._txnames64 = memoryview(self._txnames_buf).cast("B").cast("Q")
         for i in range(size):
-            self._txwords[self._namelen_at[i]] = 16 if self._v4 else 28
-        self._peers: dict[bytes | int, tuple] = {}
+            self._txwords[self._namelen_at[i]] = V4_NAME if self._v4 else V6_NAME
+        self.peers: dict[int | bytes, tuple] = {}  # source -> (host, port[, flowinfo, scope id]) (Rule 3)
         self._pending = 0  # answers waiting in the send slots
+        self.large_bytes = 0  # of the datagrams over SMALL bytes the last `receive` returned
 
-    def receive(self, wait: bool = True) -> list[tuple[bytes, int]]:
-        """Up to `size` waiting datagrams: (data, slot) pairs. With `wait`, block until there is one
-        (other threads run meanwhile); without, return at once, keeping the GIL (Rule 5).
+    def receive(self, wait: bool = True, most: int = 0) -> list[tuple[bytes, int | bytes]]:
+        """Up to `size` (or `most`) waiting datagrams: (data, source) pairs, where source is what `peer`
+        and `answer` take: an int for IPv4 (family, port and address: the first 8 bytes of the
+        sockaddr_in), the sockaddr_in6's bytes for IPv6. With `wait`, block until there is one (other
+        threads run meanwhile); without, return at once, keeping the GIL (Rule 5). `large_bytes` then
+        holds the bytes of those over SMALL.
 
         Raises OSError as recvfrom would; an empty list means none waited
         (without `wait`) or the socket was shut down.
         """
         words, namelen_at = self._rxwords, self._namelen_at
-        for i in range(self.size):
+        most = min(most, self.size) if most > 0 else self.size
+        for i in range(most):
             words[namelen_at[i]] = NAME_SIZE  # the kernel wrote the last sources' lengths here
         if wait:
-            count = self._calls.recv_wait(self._fd, self._rx, self.size, MSG_WAITFORONE, None)
+            count = self._calls.recv_wait(self._fd, self._rx, most, MSG_WAITFORONE, None)
         else:
-            count = self._calls.recv_now(self._fd, self._rx, self.size, MSG_DONTWAIT, None)
+            count = self._calls.recv_now(self._fd, self._rx, most, MSG_DONTWAIT, None)
         if count < 0:
             code = ctypes.get_errno()
             if code == errno.EAGAIN and not wait:
                 return []
             raise OSError(code, os.strerror(code))
-        view, len_at, out = self._inview, self._len_at, []
-        for i in range(count):
-            length = words[len_at[i]]
-            if length:
-                start = i * MAX_DATAGRAM
-                out.append((view[start:start + length].tobytes(), i))
+        view, len_at, large = self._inview, self._len_at, 0
+        out: list[tuple[bytes, int | bytes]] = []
+        if self._v4:
+            names64 = self._names64
+            for i in range(count):
+                length = words[len_at[i]]
+                if length:
+                    start = i * MAX_DATAGRAM
+                    out.append((view[start:start + length].tobytes(), names64[i * WORDS_PER_NAME]))
+                    if length > SMALL:
+                        large += length
+        else:
+            names = self._namesview
+            for i in range(count):
+                length = words[len_at[i]]
+                if length:
+                    start, at = i * MAX_DATAGRAM, i * NAME_SIZE
+                    out.append((view[start:start + length].tobytes(), names[at:at + V6_NAME].tobytes()))
+                    if length > SMALL:
+                        large += length
+        self.large_bytes = large
         return out
 
-    def peer(self, slot: int) -> tuple:
-        """The source of the datagram in `slot`, as socket.recvfrom gives it (Rule 3)."""
-        key: bytes | int
-        if self._v4:
-            key = self._names64[slot * (NAME_SIZE // 8)]
-        else:
-            start = slot * NAME_SIZE
-            key = self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes()
-        found = self._peers.get(key)
+    def peer(self, source: int | bytes) -> tuple:
+        """`source` (from `receive`) as socket.recvfrom gives it (Rule 3)."""
+        found = self.peers.get(source)
         if found is None:
-            start = slot * NAME_SIZE
-            found = _decode(self._namesview[start:start + self._rxwords[self._namelen_at[slot]]].tobytes())
-            if len(self._peers) >= MAX_PEERS:
-                self._peers.clear()
-            self._peers[key] = found
+            found = _decode(source.to_bytes(8, sys.byteorder) if isinstance(source, int) else source)
+            if len(self.peers) >= MAX_PEERS:
+                self.peers.clear()
+            self.peers[source] = found
         return found
 
-    def answer(self, slot: int, data: bytes) -> None:
-        """Queue `data` for the source of the datagram in `slot` (Rule 2); `flush` sends it."""
+    def answer(self, source: int | bytes, data: bytes) -> None:
+        """Queue `data` for `source` (from `receive`, Rule 2); `flush` sends it."""
         j = self._pending
+        if j == self.size:
+            self.flush()
+            j = 0
         start = j * MAX_DATAGRAM
         self._outview[start:start + len(data)] = data
         self._outlen[self._outlen_at[j]] = len(data)
-        self._txnames[self._txname_at[j]] = self._name_base + slot * NAME_SIZE
+        if isinstance(source, int):
+            self._txnames64[j * WORDS_PER_NAME] = source  # family, port, address; the rest stays zero
+        else:
+            at = j * NAME_SIZE
+            self._txnamesview[at:at + V6_NAME] = source
         self._pending = j + 1
 
     def flush(self) -> None:

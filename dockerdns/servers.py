@@ -21,6 +21,10 @@ Rule 3: UDP answers pass response rate limiting (`rate_limit`, see rrl.py)
 Rule 4: what a query means is the handler's business. A handler gets the
         bytes, the client's address, the transport and a `reply` callable,
         which it may call later from another thread (forwarded answers).
+Rule 5: a batched UDP worker reads all that waits in its socket (up to
+        fairqueue.QUEUE_LIMIT) before answering, and answers in the fair
+        queue's order: a client with one query waiting is not answered
+        behind another client's hundreds (fairqueue.py).
 
 Thread-safety: `reply` callables are safe to call from any thread; `stop`
 may be called from any thread and returns once the sockets are closed.
@@ -40,6 +44,7 @@ from typing import Protocol
 
 from . import datagrams
 from .connections import LISTEN_BACKLOG, Slots, accept_forever
+from .fairqueue import FairQueue
 from .settings import Address
 from .pool import DaemonPool
 from .rrl import RateLimit, Verdict, response_key, truncated
@@ -164,28 +169,39 @@ class UdpServer:
                 self._failed(exc_info=True)
 
     def _serve_batched(self) -> None:
-        """`_serve` with many datagrams per system call (Rule 1, datagrams.py): the same steps per query."""
+        """`_serve` with many datagrams per system call (Rule 1, datagrams.py), in a fair order (Rule 5)."""
         handle, fast, send = self._handler.handle, self._handler.fast, self._send
         batch = datagrams.Batch(self.sock, self._batch)
-        receive, source, answer, flush = batch.receive, batch.peer, batch.answer, batch.flush
-        wait = True
+        receive, source, answer, flush, peers = batch.receive, batch.peer, batch.answer, batch.flush, batch.peers
+        queue, step = FairQueue(small=datagrams.SMALL), self._batch
         while self._running:
-            try:
-                received = receive(wait)
-            except OSError:
-                if not self._running:
-                    return
-                continue
-            wait = not received  # while datagrams keep coming, take them without giving up the GIL
-            for data, slot in received:
+            todo = None
+            room = queue.room()
+            while room > 0:  # read all that waits (Rule 5)
                 try:
-                    peer = source(slot)
+                    received = receive(not queue.size, room)  # block only when nothing waits here either
+                except OSError:
+                    if not self._running:
+                        return
+                    break
+                if not queue.size and len(received) < step:
+                    todo = received  # all that waited, and nothing else: no order to keep
+                    break
+                queue.add(received, batch.large_bytes)
+                if len(received) < step:
+                    break
+                room = queue.room()
+            if todo is None:
+                todo = queue.take(step)
+            for data, name in todo:
+                try:
+                    peer = peers.get(name) or source(name)
                     client = peer[0]
                     found = fast(data, client)
                     if found is not None:
                         limit = self.rate_limit
                         if limit is None or limit.exempt_client(client):
-                            answer(slot, found)  # sent with the others of this batch
+                            answer(name, found)  # sent with the others of this batch
                         else:
                             send(found, peer, data)
                         continue

@@ -38,15 +38,15 @@ def test_a_batch_receives_and_answers_each_source(family: int, host: str) -> Non
         sent = {(b"q%d" % i): (client if i % 2 else other) for i in range(6)}
         for data, sock in sent.items():
             sock.sendto(data, server.getsockname())
-        received: list[tuple[bytes, int]] = []
+        received: list[tuple[bytes, int | bytes]] = []
         while len(received) < len(sent):  # a batch holds what waited; the rest come with the next one
             got = batch.receive()
             assert got
             received += got
-            for data, slot in got:
+            for data, source in got:
                 # The source, as recvfrom gives it, and the answer goes back to it.
-                assert batch.peer(slot) == sent[data].getsockname()
-                batch.answer(slot, b"a-" + data)
+                assert batch.peer(source) == sent[data].getsockname()
+                batch.answer(source, b"a-" + data)
             batch.flush()
         assert sorted(data for data, _ in received) == sorted(sent)
         answers = sorted(client.recv(100) for _ in range(3)) + sorted(other.recv(100) for _ in range(3))
@@ -82,13 +82,33 @@ def test_an_answer_nobody_takes_does_not_stop_the_others() -> None:
         gone.sendto(b"first", server.getsockname())
         gone.close()
         client.sendto(b"second", server.getsockname())
-        received: list[tuple[bytes, int]] = []
+        received: list[tuple[bytes, int | bytes]] = []
         while len(received) < 2:
             received += batch.receive()
-        for data, slot in received:
-            batch.answer(slot, data.upper())
+        for data, source in received:
+            batch.answer(source, data.upper())
         batch.flush()
         assert client.recv(100) == b"SECOND"
+    finally:
+        server.close()
+        client.close()
+
+
+def test_more_answers_than_slots_are_all_sent() -> None:
+    """A worker may answer more datagrams than a batch has slots (its fair queue holds more): `answer` sends
+    the full slots before it takes another."""
+    server, client = pair(socket.AF_INET, "127.0.0.1")
+    batch = datagrams.Batch(server, 4)
+    try:
+        for i in range(10):
+            client.sendto(b"q%d" % i, server.getsockname())
+        received: list[tuple[bytes, int | bytes]] = []
+        while len(received) < 10:
+            received += batch.receive(True, 4)
+        for data, source in received:
+            batch.answer(source, b"a-" + data)
+        batch.flush()
+        assert sorted(client.recv(100) for _ in range(10)) == sorted(b"a-q%d" % i for i in range(10))
     finally:
         server.close()
         client.close()
@@ -144,3 +164,44 @@ def test_stop_leaves_no_worker_behind(udp_server: UdpServer) -> None:
     threads = list(udp_server._threads)
     udp_server.stop()
     assert not any(thread.is_alive() for thread in threads)
+
+
+class Recorder:
+    """A handler that answers every query with itself and notes the order it was asked in."""
+
+    def __init__(self) -> None:
+        self.order: list[bytes] = []
+
+    def fast(self, data: bytes, client: str) -> bytes:
+        self.order.append(data)
+        return data
+
+    def handle(self, data: bytes, client: str, transport: str, reply: object) -> None:
+        raise AssertionError("every query has a fast answer")
+
+
+def test_a_query_is_not_answered_behind_another_clients_flood() -> None:
+    """300 queries from one socket wait in the server's socket, then one from another: that one is among the
+    first answered (fairqueue.py), and every one of the flood is answered too."""
+    sock = bind(Address("127.0.0.1", 0), socket.SOCK_DGRAM)
+    recorder = Recorder()
+    server = UdpServer(sock, recorder)  # type: ignore[arg-type]
+    where = server.address.host, server.address.port
+    flood, single = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.settimeout(5)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # 300 answers wait in it while we read the other
+    single.settimeout(5)
+    try:
+        for i in range(300):
+            flood.sendto(b"flood %d" % i, where)
+        single.sendto(b"single", where)  # all of it waits in the socket: the server reads nothing yet
+        server.start()
+        assert single.recv(100) == b"single"
+        assert sorted(flood.recv(100) for _ in range(300)) == sorted(b"flood %d" % i for i in range(300))
+        assert recorder.order.index(b"single") < datagrams.BATCH  # FIFO would have put it 301st
+        flood_order = [data for data in recorder.order if data != b"single"]
+        assert flood_order == [b"flood %d" % i for i in range(300)]  # the flood in its own order
+    finally:
+        server.stop()
+        flood.close()
+        single.close()
