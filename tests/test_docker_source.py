@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,6 +349,16 @@ def test_read_once_unreachable() -> None:
     with pytest.raises(DockerUnavailable) as info:
         read_once(settings_for(UNREACHABLE))
     assert str(info.value) == "docker: cannot reach unix:///nonexistent.sock (No such file or directory)"
+
+
+def test_a_socket_nobody_listens_on_is_unreachable_too(tmp_path: Path) -> None:
+    """A socket file that exists (a dockerd that died) is left to the SDK, which says why it failed."""
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))  # bound, never listening
+        with pytest.raises(DockerUnavailable) as info:
+            read_once(settings_for(f"unix://{path}"))
+    assert str(info.value) == f"docker: cannot reach unix://{path} (Connection refused)"
 
 
 # -- through a proxy: what the source sends, and a connection that goes away ----
