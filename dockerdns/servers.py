@@ -177,6 +177,7 @@ class UdpServer:
         while self._running:
             todo = None
             room = queue.room()
+            queue.begin()
             while room > 0:  # read all that waits (Rule 5)
                 try:
                     received = receive(not queue.size, room)  # block only when nothing waits here either
