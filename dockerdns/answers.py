@@ -86,6 +86,8 @@ HEADER_LEN = 12
 QR, AA, TC = 0x8000, 0x0400, 0x0200
 NOERROR, NXDOMAIN = 0, 3
 TYPE_A, TYPE_AAAA, TYPE_ANY = b"\x00\x01", b"\x00\x1c", b"\x00\xff"
+# ANY (RFC 8482 answers), AXFR and IXFR (REFUSED): the full resolver's, whatever the name.
+FULL_PATH_TYPES = frozenset({TYPE_ANY, b"\x00\xfc", b"\x00\xfb"})
 CLASS_IN = b"\x00\x01"
 ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QDCOUNT 1, no other records
 ONE_QUESTION_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... and one additional record (the OPT)
@@ -519,7 +521,7 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
         return None
     qend, opt, udp_limit, plain = read
     qtype = data[end + 1:end + 3]
-    if qtype == TYPE_ANY:
+    if qtype in FULL_PATH_TYPES:
         return None
     aa = AA
     keep = plain and len(memo) < snapshot.remembered  # Rule 7
@@ -635,6 +637,8 @@ def _labels(key: bytes, zone_at: int) -> int | None:
 
 def _below_wildcard(key: bytes, parents: Mapping[bytes, bool]) -> bool:
     """True when a proper ancestor of `key` is the parent of a wildcard name."""
+    if not key:
+        return False  # the root has no ancestor
     pos = key[0] + 1
     while pos < len(key):
         if key[pos:] in parents:

@@ -85,6 +85,27 @@ def test_wildcard_names_take_the_index() -> None:
         assert out is not None and zone_lines(DNSRecord.parse(out).rr) == [f"{name}. 60 IN A 10.0.0.80"]
 
 
+@pytest.mark.parametrize("qtype", ["NS", "A", "SOA"])
+def test_the_root_is_asked_about_beside_wildcards(qtype: str) -> None:
+    """A resolver's priming query (`. NS`) with wildcards in the table goes upstream as any outside name does:
+    the index has no answer and no exception for the empty name."""
+    table = make_table()
+    query = DNSRecord.question(".", qtype)
+    assert isinstance(resolve(query, table.snapshot, "127.0.0.1", POLICY), Forward)
+    assert answers.answer(bytes(query.pack()), table.snapshot, True, "127.0.0.1") is None
+
+
+@pytest.mark.parametrize("name", ["host1.docker", "nothere.host1.docker", "a.web.docker", "docker"])
+@pytest.mark.parametrize("qtype", ["AXFR", "IXFR"])
+def test_zone_transfers_are_refused_on_both_paths(name: str, qtype: str) -> None:
+    """The index leaves AXFR and IXFR to the full resolver, which refuses them, held name or not."""
+    table = make_table()
+    query = DNSRecord.question(name, qtype)
+    assert answers.answer(bytes(query.pack()), table.snapshot, True, "127.0.0.1") is None
+    outcome = resolve(query, table.snapshot, "127.0.0.1", POLICY)
+    assert isinstance(outcome, Answer) and outcome.message.header.rcode == RCODE.REFUSED
+
+
 def test_wildcard_outside_the_zone_only_matches_below_it() -> None:
     """An absolute wildcard answers names below its parent; the parent's other relatives are forwarded."""
     table = make_table()
