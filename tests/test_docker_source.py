@@ -361,6 +361,13 @@ def test_a_socket_nobody_listens_on_is_unreachable_too(tmp_path: Path) -> None:
     assert str(info.value) == f"docker: cannot reach unix://{path} (Connection refused)"
 
 
+def test_the_sdks_two_slash_socket_form_still_reaches_docker() -> None:
+    """unix://var/run/docker.sock (two slashes) is /var/run/docker.sock to the SDK: not a relative path."""
+    if not os.path.exists("/var/run/docker.sock"):
+        pytest.skip("the engine listens elsewhere")
+    read_once(settings_for("unix://var/run/docker.sock"))  # raises DockerUnavailable if it did not reach it
+
+
 # -- through a proxy: what the source sends, and a connection that goes away ----
 
 
