@@ -41,8 +41,11 @@ Rule 8: NXDOMAIN and answers synthesised from a wildcard one label up hold
         query's shape: its header, the wildcard's parent (none for
         NXDOMAIN) and what follows the name, for plain queries and answers
         that neither rotate nor depend on the client's networks, at most
-        `MAX_SHAPES`; a name asked in a known shape gets it with its own
-        question put in, when the whole answer fits the client's size.
+        `MAX_SHAPES` (past it the memo starts over: shapes a client varies
+        at will, a cookie or a payload size, cannot keep the others out
+        until the table changes); a name asked in a known shape gets it
+        with its own question put in, when the whole answer fits the
+        client's size.
 Rule 6: what the index does not hold goes to the full resolver: other
         opcodes, several questions, anything malformed or over
         `MAX_FAST_QUERY` bytes, EDNS versions other than 0, names outside
@@ -567,11 +570,11 @@ def respond(data: bytes, snapshot: Snapshot, ra: bool, client: str,
             memo[seen] = (ready_, head, size, qend, opt, udp_limit, soa)
     elif shape and plain and ready_.aware is None and ready_.fixed is not None:
         shapes = snapshot.shapes[ra]
-        if len(shapes) < MAX_SHAPES:
-            tail = ready_.fixed + soa + opt
-            # Rule 8: the largest offset of a question's end for which the whole answer fits.
-            shapes[shape] = (_H(flags) + (ready_.counts_opt if opt else ready_.counts), tail,
-                             udp_limit - len(tail) - 5)
+        if len(shapes) >= MAX_SHAPES:
+            shapes.clear()  # Rule 8: starts over
+        tail = ready_.fixed + soa + opt
+        # Rule 8: the largest offset of a question's end for which the whole answer fits.
+        shapes[shape] = (_H(flags) + (ready_.counts_opt if opt else ready_.counts), tail, udp_limit - len(tail) - 5)
     if ready_.aware is not None:
         networks = snapshot.networks_of(client)
         if networks:

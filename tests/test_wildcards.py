@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from dockerdns import answers, wire
 from dockerdns.config import DEFAULT_ALLOW
@@ -104,6 +104,22 @@ def test_zone_transfers_are_refused_on_both_paths(name: str, qtype: str) -> None
     assert answers.answer(bytes(query.pack()), table.snapshot, True, "127.0.0.1") is None
     outcome = resolve(query, table.snapshot, "127.0.0.1", POLICY)
     assert isinstance(outcome, Answer) and outcome.message.header.rcode == RCODE.REFUSED
+
+
+def test_shapes_a_client_varies_cannot_keep_the_others_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_SHAPES the memo starts over: a client sending a new EDNS size each time (a new shape each
+    time) leaves room for the shape that comes next, and the memo stays bounded."""
+    monkeypatch.setattr(answers, "MAX_SHAPES", 8)
+    table = make_table()
+    snap = table.snapshot
+    for size in range(1232, 1232 + 50):
+        query = DNSRecord.question(f"n{size}.web.docker", "A")
+        query.add_ar(EDNS0(udp_len=size))
+        assert answers.answer(bytes(query.pack()), snap, True, "127.0.0.1") is not None
+        assert 1 <= len(snap.shapes[1]) <= 8
+    plain = bytes(DNSRecord.question("first.web.docker", "A").pack())
+    answers.answer(plain, snap, True, "127.0.0.1")
+    assert any(len(shape) == 10 + len(b"\x03web\x06docker\x00") + 4 for shape in snap.shapes[1])
 
 
 def test_wildcard_outside_the_zone_only_matches_below_it() -> None:
