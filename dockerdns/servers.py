@@ -129,6 +129,7 @@ class UdpServer:
         self._limited = Sparse(log, f"udp {self.address}: rate limit: dropping or truncating responses")
         self._failed = Sparse(log, f"udp {self.address}: handler failed", level=logging.ERROR)
         self._running = True
+        self._close_when_done = False  # `stop` left the socket to the last worker (see there)
         self._batch = batch if datagrams.available() else 0
         self._threads = [
             threading.Thread(target=self._serve_batched if self._batch else self._serve,
@@ -182,9 +183,7 @@ class UdpServer:
                 try:
                     received = receive(not queue.size, room)  # block only when nothing waits here either
                 except OSError:
-                    if not self._running:
-                        return
-                    break
+                    break  # e.g. ECONNREFUSED from an earlier send, or the socket shut down: the loop decides
                 if not queue.size and len(received) < step:
                     todo = received  # all that waited, and nothing else: no order to keep
                     break
@@ -210,6 +209,8 @@ class UdpServer:
                 except Exception:  # a bug must cost one answer, never a worker
                     self._failed(exc_info=True)
             flush()
+        if self._close_when_done:
+            self.sock.close()
 
     def _send(self, answer: bytes, peer: tuple, query: bytes) -> None:
         """Send `answer` as rate limiting lets it go (Rule 3): whole, truncated, or not at all."""
@@ -235,6 +236,13 @@ class UdpServer:
         for thread in self._threads:  # batched workers call the C library with the descriptor's number:
             if thread.is_alive() and thread is not threading.current_thread():  # it must not be reused under them
                 thread.join(STOP_TIMEOUT)
+        # A worker still in a handler: closing now would free the number for the next socket (a new bridge
+        # address) while the worker may still call recvmmsg or sendmmsg on it. The last one out closes it
+        # (closing twice is harmless); until then it stays shut down.
+        self._close_when_done = True
+        if self._batch and any(thread.is_alive() for thread in self._threads):
+            log.warning("udp %s: a worker is still busy; its socket is closed when it is done", self.address)
+            return
         self.sock.close()
 
 

@@ -205,3 +205,38 @@ def test_a_query_is_not_answered_behind_another_clients_flood() -> None:
         server.stop()
         flood.close()
         single.close()
+
+
+class Stuck:
+    """A handler whose first answer waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def fast(self, data: bytes, client: str) -> bytes:
+        self.entered.set()
+        self.release.wait(10)
+        return data
+
+    def handle(self, data: bytes, client: str, transport: str, reply: object) -> None:
+        raise AssertionError("every query has a fast answer")
+
+
+def test_stop_leaves_the_socket_to_a_worker_still_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker still in a handler when `stop` gives up waiting keeps its descriptor (closing it would let
+    the next socket take the number under the worker's C calls); the worker closes it on its way out."""
+    monkeypatch.setattr("dockerdns.servers.STOP_TIMEOUT", 0.05)
+    sock = bind(Address("127.0.0.1", 0), socket.SOCK_DGRAM)
+    handler = Stuck()
+    server = UdpServer(sock, handler)  # type: ignore[arg-type]
+    server.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.sendto(b"q", (server.address.host, server.address.port))
+        assert handler.entered.wait(5)
+        server.stop()
+        assert sock.fileno() != -1  # still the worker's
+        handler.release.set()
+        for thread in server._threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in server._threads)
+        assert sock.fileno() == -1  # closed by the worker
