@@ -150,9 +150,9 @@ def test_sighup_reloads_records(server: Server, config: Path) -> None:
     assert server.ask("first.docker").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_reloads_run_at_the_lowest_cpu_priority(server: Server) -> None:
-    """The thread that reads the config on SIGHUP runs at nice 19, every other thread as the process was started:
-    on a busy core a reload waits for the queries, not the other way round."""
+def test_every_thread_runs_at_the_process_priority(server: Server) -> None:
+    """No thread is niced below the others, the reload's included: a thread that holds the GIL must not wait
+    for the CPU behind other processes while the queries wait for it."""
     server.reload()
 
     def nice_of(task: str) -> int:
@@ -160,9 +160,7 @@ def test_reloads_run_at_the_lowest_cpu_priority(server: Server) -> None:
         return int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
 
     niceness = [nice_of(task) for task in os.listdir(f"/proc/{server.proc.pid}/task")]
-    base = nice_of(str(server.proc.pid))  # the main thread
-    assert niceness.count(19) == 1 or base == 19, niceness
-    assert sorted(niceness)[:-1] == [base] * (len(niceness) - 1), niceness
+    assert len(niceness) > 1 and set(niceness) == {nice_of(str(server.proc.pid))}, niceness
 
 
 def test_sighup_with_bad_config_keeps_old_settings(server: Server, config: Path) -> None:
