@@ -611,11 +611,16 @@ class DockerSource:
 def _open(url: str) -> Any:
     """A low-level client for `url`, TLS settings from the environment as the SDK reads them."""
     path = url[len(UNIX_PREFIX):] if url.startswith(UNIX_PREFIX) else ""
-    if path.startswith("/") and not os.path.exists(path):
+    if path.startswith("/"):
         # No socket (dockerd not started yet): say so as the SDK would, without building a client
-        # (about a millisecond of CPU, held under the GIL, at every retry). Other forms (the SDK also
-        # reads unix://var/run/docker.sock as /var/run/docker.sock) are the SDK's to resolve.
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        # (about a millisecond of CPU, held under the GIL, at every retry). Anything else (no permission)
+        # and other forms (the SDK reads unix://var/run/docker.sock as /var/run/docker.sock) are the SDK's.
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        except OSError:
+            pass
     kwargs = docker.utils.kwargs_from_env()
     kwargs["base_url"] = url
     # version="auto" asks the engine (GET /version): no API version pinned.

@@ -15,7 +15,8 @@ Rule 1: in each round, the first QUANTUM datagrams of each source
         a flooding source has QUANTUM of its datagrams urgent per round
         and the rest wait in bulk.
 Rule 2: urgent datagrams go first, but bulk ones never starve: while
-        bulk ones wait, at least a quarter of every `take` is theirs.
+        bulk ones wait, a quarter of every `take` (at least one, when it
+        takes two or more) is theirs.
 Rule 3: bounded: at most `limit` datagrams wait, and `limit_bytes` bytes
         of those over `small` bytes (a query is rarely larger: counting
         only those keeps `take` free of work per datagram); `room()` says
@@ -87,7 +88,8 @@ class FairQueue:
         bulk, urgent = self._queues
         taken = self._taken
         waiting_bulk = len(bulk) - taken[BULK]
-        first = min(len(urgent) - taken[URGENT], most - min(waiting_bulk, most // 4))
+        reserved = min(waiting_bulk, max(1, most // 4)) if most > 1 else 0  # Rule 2: bulk's share
+        first = min(len(urgent) - taken[URGENT], most - reserved)
         out: list[Item] = []
         if first > 0:
             out = urgent[taken[URGENT]:taken[URGENT] + first]

@@ -130,6 +130,8 @@ class UdpServer:
         self._failed = Sparse(log, f"udp {self.address}: handler failed", level=logging.ERROR)
         self._running = True
         self._close_when_done = False  # `stop` left the socket to the last worker (see there)
+        self._closing = threading.Lock()  # `_close_when_done` and `_live` together
+        self._live = workers  # batched workers not yet out of their loop
         self._batch = batch if datagrams.available() else 0
         self._threads = [
             threading.Thread(target=self._serve_batched if self._batch else self._serve,
@@ -209,8 +211,10 @@ class UdpServer:
                 except Exception:  # a bug must cost one answer, never a worker
                     self._failed(exc_info=True)
             flush()
-        if self._close_when_done:
-            self.sock.close()
+        with self._closing:
+            self._live -= 1
+            if self._close_when_done and not self._live:
+                self.sock.close()  # the last one out, after `stop` gave up waiting
 
     def _send(self, answer: bytes, peer: tuple, query: bytes) -> None:
         """Send `answer` as rate limiting lets it go (Rule 3): whole, truncated, or not at all."""
@@ -237,12 +241,13 @@ class UdpServer:
             if thread.is_alive() and thread is not threading.current_thread():  # it must not be reused under them
                 thread.join(STOP_TIMEOUT)
         # A worker still in a handler: closing now would free the number for the next socket (a new bridge
-        # address) while the worker may still call recvmmsg or sendmmsg on it. The last one out closes it
-        # (closing twice is harmless); until then it stays shut down.
-        self._close_when_done = True
-        if self._batch and any(thread.is_alive() for thread in self._threads):
-            log.warning("udp %s: a worker is still busy; its socket is closed when it is done", self.address)
-            return
+        # address) while the worker may still call recvmmsg or sendmmsg on it. The last one out closes it;
+        # until then it stays shut down.
+        with self._closing:
+            if self._batch and self._live and any(thread.is_alive() for thread in self._threads):
+                self._close_when_done = True
+                log.warning("udp %s: a worker is still busy; its socket is closed when it is done", self.address)
+                return
         self.sock.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dockerdns.fairqueue import QUANTUM, FairQueue
 
 
@@ -91,6 +93,22 @@ def test_the_flood_is_never_starved() -> None:
         read(queue, [(f"n{i}-{j}".encode(), f"n{i}-{j}") for j in range(64)])  # 64 new sources each round
         taken = queue.take(32)
         assert sum(1 for _, source in taken if source == "f") >= 8
+
+
+@pytest.mark.parametrize("step", [2, 3, 4, 7])
+def test_the_flood_is_never_starved_by_its_own_new_rounds(step: int) -> None:
+    """A full queue answers a few, reads as many new ones (urgent: a new round), and so on: the bulk
+    backlog still moves, whatever the step."""
+    queue = FairQueue(limit=64)
+    read(queue, datagrams("f", 64))
+    first_bulk = names(queue._queues[0])[0]
+    answered: list[str] = []
+    for i in range(200):
+        answered += names(queue.take(step))
+        read(queue, [(f"f-{i}-{j}".encode(), "f") for j in range(queue.room())])  # the same source again
+        if first_bulk in answered:
+            break
+    assert first_bulk in answered
 
 
 def test_large_datagrams_are_bounded_in_bytes() -> None:
