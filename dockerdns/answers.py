@@ -243,6 +243,16 @@ def negatives(snapshot: Snapshot) -> tuple[Ready, Ready]:
     return Ready(QR | AA | NOERROR, 0, 1, 0, body), Ready(QR | AA | NXDOMAIN, 0, 1, 0, body)
 
 
+def _back_into(name: str, found: Resolution, snapshot: Snapshot) -> bool:
+    """True for a wildcard's CNAME chain that comes back to a name the wildcard covers (`*.loop CNAME
+    a.loop`): asked for that very name, the chain is shorter (the resolver stops at the loop), so one answer
+    cannot serve every name below it; the full resolver answers them (Rule 6)."""
+    if not name.startswith("*."):
+        return False
+    below = name[1:]  # ".loop.docker."
+    return any(step.owner.endswith(below) and step.owner not in snapshot.names for step in found.answer[1:])
+
+
 def entry_for(name: str, snapshot: Snapshot) -> Entry | None:
     """The ready answers of `name` (absolute, lower-case) in `snapshot`; None when it has none."""
     rrsets = snapshot.names.get(name)
@@ -259,7 +269,9 @@ def entry_for(name: str, snapshot: Snapshot) -> Entry | None:
     types: dict[bytes, Ready | None] = {}
     for rtype in rtypes:
         qtype = getattr(QTYPE, rtype)
-        types[qtype_key(qtype)] = ready(name, qtype, lookup(name, qtype, snapshot), snapshot=apex)
+        found = lookup(name, qtype, snapshot)
+        built = None if _back_into(name, found, snapshot) else ready(name, qtype, found, snapshot=apex)
+        types[qtype_key(qtype)] = built
     other: Ready | None | str
     if rrsets is not None and "CNAME" in rrsets:
         other = None  # a chain for a rarer type: the full resolver

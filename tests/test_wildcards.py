@@ -122,6 +122,30 @@ def test_shapes_a_client_varies_cannot_keep_the_others_out(monkeypatch: pytest.M
     assert any(len(shape) == 10 + len(b"\x03web\x06docker\x00") + 4 for shape in snap.shapes[1])
 
 
+def test_a_wildcard_cname_back_into_itself_answers_as_the_resolver() -> None:
+    """`*.loop CNAME a.loop`: asked for a.loop itself the chain stops after one CNAME (a loop), for b.loop
+    after two; the index leaves such a wildcard to the full resolver, and takes it back once a.loop exists."""
+    table = RecordTable("docker")
+    records = [Record("*.loop.docker.", "CNAME", "a.loop.docker.", 60), Record("host1.docker.", "A", "192.0.2.1", 60)]
+    table.replace("static", records)
+    for present in (False, True):
+        for name in ("a.loop.docker", "b.loop.docker", "x.y.loop.docker"):
+            for qtype in ("A", "AAAA", "CNAME", "TXT"):
+                query = DNSRecord.question(name, qtype)
+                for shape in range(2):  # twice: the second may come from the shape memo (Rule 8)
+                    outcome = resolve(query, table.snapshot, "127.0.0.1", POLICY)
+                    assert isinstance(outcome, Answer)
+                    fast = answers.answer(bytes(query.pack()), table.snapshot, True, "127.0.0.1")
+                    if fast is not None:
+                        assert fast == wire.encode(outcome.message, 512), (name, qtype, present)
+        outcome = resolve(DNSRecord.question("a.loop.docker"), table.snapshot, "127.0.0.1", POLICY)
+        assert isinstance(outcome, Answer)
+        assert [rr.rtype for rr in outcome.message.rr] == [QTYPE.A if present else QTYPE.CNAME]
+        table.replace("static", [*records, Record("a.loop.docker.", "A", "192.0.2.7", 60)])
+    fast = answers.answer(bytes(DNSRecord.question("b.loop.docker").pack()), table.snapshot, True, "127.0.0.1")
+    assert fast is not None  # a chain that ends at a held name: the index's again
+
+
 def test_wildcard_outside_the_zone_only_matches_below_it() -> None:
     """An absolute wildcard answers names below its parent; the parent's other relatives are forwarded."""
     table = make_table()
