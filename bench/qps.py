@@ -266,11 +266,10 @@ class Bench:
         if main.returncode != 0:
             return Run(noise=noise, error=(main.stderr.strip().splitlines() or ["dnsperf failed"])[-1])
         stats = Summary.parse(read(main_out))
-        latencies = stats.latencies[rate * LATENCY_WARM_UP_SECONDS:] if rate else stats.latencies
         run = Run(stats.qps, cpu / max(stats.completed, 1) * 1e6, stats.lost, stats.rcodes,
-                  p99(latencies), noise, stats.response_bytes)
+                  p99(warmed(stats.latencies, rate)), noise, stats.response_bytes)
         if side:
-            run.stream_p99_ms = p99(Summary.parse(read(side_out)).latencies[STREAM_QPS * LATENCY_WARM_UP_SECONDS:])
+            run.stream_p99_ms = p99(warmed(Summary.parse(read(side_out)).latencies, STREAM_QPS))
         return run
 
     # -- workloads -------------------------------------------------------------------------------
@@ -509,6 +508,11 @@ class Summary:
         latencies = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)]
         return cls(int(completed or 0), float(lost) if lost else NAN, float(qps) if qps else NAN,
                    re.sub(r" \d+ \(([\d.]+)%\)", r" \1%", rcodes), latencies, response_bytes)
+
+
+def warmed(latencies: list[float], rate: int) -> list[float]:
+    """A latency run's answers after its warm-up (LATENCY_WARM_UP_SECONDS at `rate`); all of them without a rate."""
+    return latencies[rate * LATENCY_WARM_UP_SECONDS:]
 
 
 def p99(latencies: list[float]) -> float:

@@ -40,6 +40,8 @@ import socket
 import sys
 from typing import Any, NamedTuple
 
+from .fairqueue import SMALL  # a datagram over it counts in `large_bytes`
+
 MAX_DATAGRAM = 65536  # bytes per slot: the largest UDP payload fits
 BATCH = 32  # datagrams per call
 MSG_WAITFORONE = 0x10000  # recvmmsg: block for the first datagram only
@@ -47,7 +49,6 @@ MSG_DONTWAIT = 0x40
 NAME_SIZE = 32  # bytes per source address: sockaddr_in6 is 28
 WORDS_PER_NAME = NAME_SIZE // 8
 V4_NAME, V6_NAME = 16, 28  # sizeof(sockaddr_in), sizeof(sockaddr_in6)
-SMALL = 512  # bytes: a datagram over it counts in `large_bytes`
 MAX_PEERS = 4096  # source addresses remembered (Rule 3); past it the memo starts over
 
 

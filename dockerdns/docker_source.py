@@ -80,9 +80,10 @@ from .table import RecordTable
 
 log = logging.getLogger("dockerdns.docker")
 
+UNIX_PREFIX = "unix://"  # a Docker URL naming a socket file
+
 #: Seconds before the first reconnection attempt; doubled after each failure.
 BACKOFF_FIRST = 0.05
-UNIX_PREFIX = "unix://"
 #: Seconds: the longest wait between reconnection attempts.
 BACKOFF_MAX = 2.0
 #: Seconds any one non-streaming API call may take.

@@ -56,9 +56,6 @@ class FairQueue:
         self.size = 0  # datagrams waiting
         self.bytes = 0  # bytes of those over `small`
 
-    def __len__(self) -> int:
-        return self.size
-
     def room(self) -> int:
         """How many datagrams may still be read (Rule 3)."""
         return 0 if self.bytes >= self.limit_bytes else self.limit - self.size

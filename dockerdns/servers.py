@@ -176,7 +176,7 @@ class UdpServer:
         handle, fast, send = self._handler.handle, self._handler.fast, self._send
         batch = datagrams.Batch(self.sock, self._batch)
         receive, source, answer, flush, peers = batch.receive, batch.peer, batch.answer, batch.flush, batch.peers
-        queue, step = FairQueue(small=datagrams.SMALL), self._batch
+        queue, step = FairQueue(), self._batch
         while self._running:
             todo = None
             room = queue.room()
