@@ -395,6 +395,8 @@ class _Reloader:
                 log.error("reload: kept the previous settings")
                 continue
             except Exception as err:  # whatever reading the file did: the server keeps running
+                if self._stopped:
+                    return  # stopped while reading: nothing to report
                 log.error("reload: cannot load the settings (%s: %s); kept the previous settings",
                           type(err).__name__, err)
                 continue

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__, app, config
+from .config_reader import ConfigReader
 
 PROG = "dockerdns"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,20 +55,20 @@ def _config_file(given: str | None) -> str:
 
 
 def _serve(flags: dict[str, object]) -> int:
-    def load() -> config.Settings:
-        return config.load(flags, os.environ)
-
     try:
-        settings = load()
+        settings = config.load(flags, os.environ)
     except config.ConfigError as exc:
         return _problems(exc.problems)
     _configure_logging(settings.log.level)
+    reader = ConfigReader(flags)  # SIGHUP: read in a child process, off the queries' CPU
     try:
-        return app.serve(load, settings)
+        return app.serve(reader.load, settings)
     except app.StartError as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 0
+    finally:
+        reader.close()
 
 
 def _records(flags: dict[str, object], as_json: bool, watch: bool) -> int:

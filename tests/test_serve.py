@@ -163,6 +163,39 @@ def test_every_thread_runs_at_the_process_priority(server: Server) -> None:
     assert len(niceness) > 1 and set(niceness) == {nice_of(str(server.proc.pid))}, niceness
 
 
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for its new parent counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sighup_reads_in_an_idle_child_that_ends_with_the_server(server: Server, config: Path) -> None:
+    """The reload's read runs in one child process under SCHED_IDLE, and the child ends when the server dies,
+    even by SIGKILL (its pipe closes): no process is left behind."""
+    assert children_of(server.proc.pid) == []  # none until the first reload
+    config.write_text("records:\n  - {name: second, type: A, value: 10.0.0.2}\n")
+    server.reload()
+    assert addresses(server.ask("second.docker")) == ["10.0.0.2"]
+    server.reload()
+    (child,) = children_of(server.proc.pid)
+    assert os.sched_getscheduler(child) == os.SCHED_IDLE
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 10
+    while not gone(child):
+        assert time.monotonic() < deadline, f"the config reader {child} outlived the server"
+        time.sleep(0.05)
+
+
 def test_sighup_with_bad_config_keeps_old_settings(server: Server, config: Path) -> None:
     """A bad file on SIGHUP is reported by key, and the old settings stay in force."""
     config.write_text("ttl: soon\nrecords:\n  - {name: second, type: A, value: 10.0.0.2}\n")
