@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
@@ -37,7 +38,7 @@ from .settings import SWARM_OFF
 from .servers import BindError, TcpServer, UdpServer, bind
 from .stats import Stats
 from .status import StatusServer, View
-from .table import SERVER, RecordTable
+from .table import BREATHER, SERVER, RecordTable
 
 log = logging.getLogger("dockerdns")
 
@@ -400,6 +401,7 @@ class _Reloader:
                 log.error("reload: cannot load the settings (%s: %s); kept the previous settings",
                           type(err).__name__, err)
                 continue
+            time.sleep(BREATHER)  # between the read's last step and the table's first (table.py Rule 6)
             with self._lock:
                 if self._stopped:
                     return

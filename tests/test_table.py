@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from dockerdns import table as table_module
 from dockerdns.records import Record
-from dockerdns.table import RecordTable, ShardedMap
+from dockerdns.table import BREATH, BREATHER, Breath, RecordTable, ShardedMap
 
 
 def rec(name: str, value: str, owner: str, network: str | None = None, subnet: str | None = None) -> Record:
@@ -168,3 +169,36 @@ def test_a_reload_rebuilds_only_the_names_it_changed() -> None:
     assert {"10.9.9.9", "10.0.1.1", "10.0.2.1", "10.0.0.12"} <= set(after.hosts)
     table.replace("c1", [])
     assert not table.snapshot.names and not set(table.snapshot.hosts)
+
+
+def test_a_long_change_pauses_and_publishes_only_when_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule 6: a change of 2,000 names sleeps BREATHER between steps (on one CPU the queries run then), and
+    readers meanwhile see the table from before it, never a part of it."""
+    table = RecordTable()
+    table.replace("c0", [rec("first.docker.", "10.0.0.1", "c0")])
+    before = table.snapshot
+    seen: list[object] = []
+
+    def pause(seconds: float) -> None:
+        seen.append(table.snapshot)
+    monkeypatch.setattr(table_module.time, "sleep", pause)
+    table.replace("static", [rec(f"n{i}.docker.", f"10.1.{i // 250}.{i % 250 + 1}", "static") for i in range(2000)])
+    assert seen and all(s is before for s in seen)
+    assert len(table.snapshot.names) == 2001
+
+
+def test_breath_waits_for_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Breath sleeps only once BREATH has passed since it last did: a short change never sleeps."""
+    slept: list[float] = []
+    monkeypatch.setattr(table_module.time, "sleep", slept.append)
+    clock = [100.0]
+    monkeypatch.setattr(table_module.time, "perf_counter", lambda: clock[0])
+    breath = Breath()
+    breath()
+    clock[0] += BREATH / 2
+    breath()
+    assert slept == []
+    clock[0] += BREATH
+    breath()
+    breath()
+    assert slept == [BREATHER]
