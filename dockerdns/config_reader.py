@@ -123,9 +123,11 @@ class ConfigReader:
 
 
 def _start() -> subprocess.Popen[bytes]:
-    """The child, `python -m dockerdns.config_reader`: found the way the server was (same environment and directory)."""
+    """The child, `python -m dockerdns.config_reader`, found the way the server was (same environment, same
+    directory). It has nothing to say but its answers: should it fail, the server's one warning says so
+    (Rule 3), never a traceback of the child's."""
     return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            close_fds=True)
+                            stderr=subprocess.DEVNULL, close_fds=True)
 
 
 def _end(child: subprocess.Popen[bytes]) -> None:
@@ -167,7 +169,7 @@ def _child_main() -> int:
     else:
         os.nice(CHILD_NICE)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # the pipe carries answers only
+    sys.stdout = sys.stderr  # the pipe carries answers only (stderr goes nowhere: _start)
     while True:
         header = source.read(_LENGTH.size)
         if len(header) != _LENGTH.size:
