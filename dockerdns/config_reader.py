@@ -29,9 +29,11 @@ Rule 3: whatever goes wrong with the child (cannot start, died, answered
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -41,7 +43,7 @@ from dataclasses import fields, replace
 from operator import attrgetter
 from typing import IO, Any
 
-from . import config
+from . import __version__, config
 from .records import Record
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ MAX_KEPT_RECORDS = 50_000  # a kept record costs its tuple and a dict slot (abou
 _ROW = attrgetter(*(f.name for f in fields(Record)))  # a record as a tuple, in Record's own order
 _LENGTH = struct.Struct("!I")  # each message: its length, then a pickle
 _SETTINGS, _PROBLEMS, _FAILED = "settings", "problems", "failed"
+# What every answer carries and the server checks: the child runs the server's code. It may not, when the
+# package was upgraded in place after the server started, or another copy comes first on the child's path.
+SIGNATURE = (__version__, tuple(f.name for f in fields(Record)), tuple(f.name for f in fields(config.Settings)))
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when the thread that started it ends
 
 
 class ConfigReader:
@@ -73,8 +79,9 @@ class ConfigReader:
     def load(self) -> config.Settings:
         """The settings as config.load reads them now; raises ConfigError like it."""
         try:
-            reply = self._ask(pickle.dumps((self._flags, dict(os.environ)), pickle.HIGHEST_PROTOCOL))
-            kind, *body = pickle.loads(reply)
+            kind, body = self._read()
+            if kind == _SETTINGS:
+                return self._settings(*body)
         except Exception as err:  # Rule 3: the child failed us, whatever the way
             if self._closed:  # the server is stopping: no read is wanted, least of all one that may hang here
                 raise OSError("the config reader is closed") from err
@@ -84,9 +91,16 @@ class ConfigReader:
             return config.load(self._flags, os.environ)
         if kind == _PROBLEMS:
             raise config.ConfigError(body[0])
-        if kind == _FAILED:
-            return config.load(self._flags, os.environ)
-        pickled, rows = body
+        return config.load(self._flags, os.environ)  # _FAILED: to fail here as it always did (Rule 3)
+
+    def _read(self) -> tuple[str, tuple]:
+        reply = self._ask(pickle.dumps((self._flags, dict(os.environ)), pickle.HIGHEST_PROTOCOL))
+        signature, kind, *body = pickle.loads(reply)
+        if signature != SIGNATURE:
+            raise ValueError(f"the child runs other code (dockerdns {signature[0]}, this is {SIGNATURE[0]})")
+        return kind, tuple(body)
+
+    def _settings(self, pickled: bytes, rows: tuple[tuple, ...]) -> config.Settings:
         if pickled != self._last[0]:  # the same bytes: the same settings (their networks cost 0.2 ms to build)
             self._last = (pickled, pickle.loads(pickled))
         return replace(self._last[1], records=self._records(rows))
@@ -110,6 +124,8 @@ class ConfigReader:
             if self._closed:
                 raise OSError("closed")
             if self._child is None or self._child.poll() is not None:
+                if self._child is not None:
+                    _end(self._child)  # died since the last read (its pipes closed, its status taken)
                 self._child = _start()
             child = self._child
         assert child.stdin is not None and child.stdout is not None
@@ -126,11 +142,11 @@ class ConfigReader:
 
 
 def _start() -> subprocess.Popen[bytes]:
-    """The child, `python -m dockerdns.config_reader`, found the way the server was (same environment, same
-    directory). It has nothing to say but its answers: should it fail, the server's one warning says so
-    (Rule 3), never a traceback of the child's."""
-    return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, close_fds=True)
+    """The child, `python -m dockerdns.config_reader PID`, found the way the server was (same environment and
+    directory; a child that finds other code is caught by SIGNATURE). It has nothing to say but its answers:
+    should it fail, the server's one warning says so (Rule 3), never a traceback of the child's."""
+    return subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
 
 
 def _end(child: subprocess.Popen[bytes]) -> None:
@@ -159,14 +175,21 @@ def _answer(flags: Mapping[str, object], environ: Mapping[str, str]) -> tuple[An
     try:
         settings = config.load(flags, environ)
     except config.ConfigError as err:
-        return (_PROBLEMS, err.problems)
+        return (SIGNATURE, _PROBLEMS, err.problems)
     except Exception:  # read again in the server, to fail there as it always did (Rule 3)
-        return (_FAILED,)
+        return (SIGNATURE, _FAILED)
     bare = pickle.dumps(replace(settings, records=()), pickle.HIGHEST_PROTOCOL)
-    return (_SETTINGS, bare, tuple(map(_ROW, settings.records)))
+    return (SIGNATURE, _SETTINGS, bare, tuple(map(_ROW, settings.records)))
 
 
-def _child_main() -> int:
+def _child_main(server: int) -> int:
+    # The server blocks its signals in every thread and takes them with sigwait; this process inherited the
+    # mask. Take them again: SIGTERM and SIGINT end it quietly, SIGHUP (the server's reload, perhaps sent
+    # to the whole group) is not for it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _end_with(server)
     os.nice(CHILD_NICE)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # the pipe carries answers only (stderr goes nowhere: _start)
@@ -181,5 +204,16 @@ def _child_main() -> int:
         sink.flush()
 
 
+def _end_with(server: int) -> None:
+    """SIGKILL this process when the server ends, even while a read hangs (a FIFO never written): Linux's
+    parent-death signal. Elsewhere the pipe's end (EOF) is what ends it, once a read returns."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (AttributeError, OSError):
+        return
+    if os.getppid() != server:  # the server was gone before the signal was asked for
+        os._exit(0)
+
+
 if __name__ == "__main__":
-    sys.exit(_child_main())
+    sys.exit(_child_main(int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()))

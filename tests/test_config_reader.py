@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dockerdns import config
+from dockerdns import config, config_reader
 from dockerdns.config_reader import CHILD_NICE, ConfigReader
 
 RECORDS = """\
@@ -87,18 +89,52 @@ def test_the_child_stays_for_the_next_read(reader: ConfigReader) -> None:
     assert child_of(reader) == pid
 
 
-def test_a_dead_child_costs_one_warning_and_nothing_else(
-        reader: ConfigReader, path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The read the child was to do is done here, right, with one warning; the next read has a new child."""
+def test_a_child_that_died_between_reads_is_replaced(reader: ConfigReader, path: Path) -> None:
+    """A child killed while idle (the OOM killer, an admin) costs nothing: the next read starts a new one."""
+    reader.load()
+    assert reader._child is not None
+    old = reader._child
+    old.kill()
+    old.wait()
+    path.write_text(RECORDS.replace("ttl: 42", "ttl: 43"))
+    assert reader.load().ttl == 43
+    assert child_of(reader) != old.pid and old.stdout is not None and old.stdout.closed
+
+
+def test_a_child_running_other_code_costs_one_warning(reader: ConfigReader, path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A child whose code is not the server's (an upgrade in place, another copy first on its path) is not
+    believed: the read is done here, right, with one warning, and the next read has a new child."""
     reader.load()
     pid = child_of(reader)
-    os.kill(pid, 9)
+    monkeypatch.setattr(config_reader, "SIGNATURE", ("0.0.0", ("name", "shape"), ()))
     path.write_text(RECORDS.replace("ttl: 42", "ttl: 43"))
     with caplog.at_level(logging.WARNING, logger="dockerdns.config_reader"):
         assert reader.load().ttl == 43
-    assert [r.getMessage() for r in caplog.records if "reading the config in this process" in r.getMessage()]
-    assert reader.load().ttl == 43
-    assert child_of(reader) != pid
+    assert [r.getMessage() for r in caplog.records if "other code" in r.getMessage()]
+    assert reader._child is None  # dropped (killed): the next read starts another
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_the_child_takes_signals_and_ignores_sighup(reader: ConfigReader) -> None:
+    """The server blocks SIGTERM, SIGINT and SIGHUP in every thread; its child does not keep that mask:
+    SIGTERM ends it (a stop of the whole group), SIGHUP (a reload sent to the group) does not."""
+    blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # as the server's threads have them
+    try:
+        reader.load()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    pid = child_of(reader)
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+    assert not mask & (1 << (signal.SIGTERM - 1)) and not mask & (1 << (signal.SIGINT - 1))
+    os.kill(pid, signal.SIGHUP)
+    assert reader.load().ttl == 42 and child_of(reader) == pid
+    os.kill(pid, signal.SIGTERM)
+    assert reader._child is not None and reader._child.wait(timeout=10) == -signal.SIGTERM
 
 
 def test_a_child_that_cannot_start_leaves_the_read_here(path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -196,6 +196,46 @@ def test_sighup_reads_in_a_niced_child_that_ends_with_the_server(server: Server,
         time.sleep(0.05)
 
 
+def test_a_child_stuck_in_a_read_ends_with_the_server(server: Server, config: Path) -> None:
+    """The config path becomes a FIFO nobody writes: the child's read hangs, and still the child ends when
+    the server is SIGKILLed (its pipe's EOF never comes while it hangs: the parent-death signal does it)."""
+    config.unlink()
+    os.mkfifo(config)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not children_of(server.proc.pid):
+        assert time.monotonic() < deadline, "no config reader was started"
+        time.sleep(0.02)
+    (child,) = children_of(server.proc.pid)
+    assert addresses(server.ask("first.docker")) == ["10.0.0.1"]  # still serving while the read hangs
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 10
+    while not gone(child):
+        assert time.monotonic() < deadline, f"the config reader {child} outlived the server"
+        time.sleep(0.05)
+
+
+def test_sigterm_during_a_hung_reload_still_exits_quickly(server: Server, config: Path) -> None:
+    """A reload whose read hangs (a FIFO) does not hold up SIGTERM: exit 0 within 2 s, the child gone too."""
+    config.unlink()
+    os.mkfifo(config)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not children_of(server.proc.pid):
+        assert time.monotonic() < deadline, "no config reader was started"
+        time.sleep(0.02)
+    (child,) = children_of(server.proc.pid)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=5) == 0
+    assert time.monotonic() - started < 2.0
+    deadline = time.monotonic() + 10
+    while not gone(child):
+        assert time.monotonic() < deadline, f"the config reader {child} outlived the server"
+        time.sleep(0.05)
+
+
 def test_sighup_with_bad_config_keeps_old_settings(server: Server, config: Path) -> None:
     """A bad file on SIGHUP is reported by key, and the old settings stay in force."""
     config.write_text("ttl: soon\nrecords:\n  - {name: second, type: A, value: 10.0.0.2}\n")
