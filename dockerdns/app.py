@@ -75,6 +75,19 @@ def _trim_heap() -> None:
         pass
 
 
+def _tighten_timers() -> None:
+    """Timer slack TIMER_SLACK_NS for this thread and every thread it starts (prctl, Linux; elsewhere none).
+
+    A table writer's pause (table.py Rule 6) asks for 50 µs; with the kernel's
+    default slack of 50 µs it took 140 µs here, with 1 µs 85: a large change
+    spends that much less of its time asleep.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+    except (AttributeError, OSError):
+        pass
+
+
 def _settle(app: App) -> None:
     """Put what the process has loaded by now out of the cyclic collector's sight (gc.freeze).
 
@@ -150,6 +163,7 @@ class App:
         # A thread that wants the GIL (a query) waits at most this long for one that holds it (a
         # reload parsing its config, a batch of events): 5 ms by default, the p99 of a busy server.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        self.table.breathing = True  # queries are served from here on: writers pause for them (table.py Rule 6)
         try:
             for address in self.settings.listen:
                 if address.host != BRIDGE:
@@ -346,6 +360,9 @@ class App:
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+PR_SET_TIMERSLACK = 29  # prctl(2)
+TIMER_SLACK_NS = 1000
+RELOAD_STOP_WAIT = 1.0  # seconds a stop waits for a reload being applied (DESIGN.md: exit within 2 s)
 
 
 class _Reloader:
@@ -373,10 +390,15 @@ class _Reloader:
         self._wanted.set()
 
     def stop(self) -> None:
-        """Stop; returns at once, whatever a read is doing (the thread is a daemon)."""
-        with self._lock:
-            self._stopped = True
+        """Stop: no reload is applied once this returns, but for one still being applied after
+        RELOAD_STOP_WAIT (a very large table's; the thread is a daemon, and the process is ending).
+        Returns at once whatever a read is doing."""
+        self._stopped = True  # a read that ends later is dropped: checked under the lock before applying
         self._wanted.set()
+        if self._lock.acquire(timeout=RELOAD_STOP_WAIT):
+            self._lock.release()
+        else:
+            log.warning("stopping while a reload is still being applied")
 
     def _run(self) -> None:
         # At the process's own priority: a lower one (nice 19 was tried) lets another process on the core
@@ -423,6 +445,7 @@ def serve(load: Callable[[], Settings], settings: Settings | None = None) -> int
     # Signals are taken synchronously by this thread; every thread started
     # from here on inherits the mask, so none of them is interrupted.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {signal.SIGHUP})
+    _tighten_timers()
     app = App(settings)
     app.start()
     _settle(app)

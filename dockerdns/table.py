@@ -27,7 +27,9 @@ Rule 6: a writer breathes: once it has run BREATH since it last paused, it
         sleepers), so the whole of a change (1.2 ms for a reload of 200
         records) would otherwise stall every query; with the pauses, no
         query waits for more than about BREATH. Elsewhere the GIL's own
-        switching (every 0.2 ms) does the same and the pauses cost nothing.
+        switching (every 0.2 ms) does the same and the pauses cost little.
+        Only once queries are served (`breathing`, set by App.start): a
+        table built before that (50,000 static records) does not pause.
 
 Thread-safety: any number of readers; writers serialise on an internal lock.
 """
@@ -73,6 +75,10 @@ class Breath:
             self._since = time.perf_counter()
 
 
+def _hold() -> None:
+    """No pause (Rule 6): nothing is served yet."""
+
+
 def _ancestors(name: str) -> Iterable[str]:
     """The proper ancestors of an absolute name, root excluded."""
     labels = name.split(".")[:-1]
@@ -95,6 +101,7 @@ class RecordTable:
         self._aliases: dict[str, set[str]] = {}  # CNAME or SRV target -> the names that point at it
         self._shadowed: set[str] = set()  # names where a static record hides a container's (warned once)
         self._left_out: dict[str, int] = {}  # shared name -> holders left out for their health (Rule 5)
+        self.breathing = False  # writers pause (Rule 6); set once queries are served
         empty = Snapshot(generation=0, zone=zone_name(zone), soa_ttl=soa_ttl,
                          zone_wire=answers.wire_key(zone_name(zone)))
         self.snapshot = self._finish(empty, {empty.zone}, rebuild=True)
@@ -135,7 +142,7 @@ class RecordTable:
         touched: set[str] = set()
         owners: dict[str, object] = {}
         hosts: set[str] = set()
-        breath = Breath()
+        breath = Breath() if self.breathing else _hold
         for owner, records in changes.items():
             breath()
             old = self._by_owner.get(owner, ())
@@ -295,7 +302,7 @@ class RecordTable:
     def _finish(self, snapshot: Snapshot, changed: set[str], rebuild: bool = False,
                 breath: Callable[[], None] | None = None) -> Snapshot:
         """`snapshot` with its ready answers: new ones for `changed` names and whatever leads to them."""
-        breath = breath or Breath()
+        breath = breath or (Breath() if self.breathing else _hold)
         affected = set(changed)
         # A wildcard answers for names below its parent (RFC 4592): CNAME and SRV records whose
         # target lies there lead to it too, though the target itself is no name of the table.

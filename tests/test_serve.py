@@ -27,6 +27,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from dockerdns import app as app_module
 from dockerdns import servers
 from dockerdns.config import Address
 from tests.dnsstub import StubUpstream
@@ -484,3 +485,40 @@ def test_sighup_broken_file_keeps_old_config_one_line(tmp_path: Path) -> None:
     finally:
         srv.stop()
         upstream.close()
+
+
+class _SlowApp:
+    """An App whose reload blocks until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered, self.release, self.reloads = threading.Event(), threading.Event(), 0
+
+    def reload(self, settings: object) -> None:
+        self.entered.set()
+        self.release.wait(30)
+        self.reloads += 1
+
+
+def test_stop_waits_for_a_reload_being_applied_only_so_long(caplog: pytest.LogCaptureFixture) -> None:
+    """A reload being applied holds a stop up to RELOAD_STOP_WAIT, not for its whole length (a very large
+    table's), so the process still exits within 2 s; a read that returns after the stop is never applied."""
+    slow = _SlowApp()
+    reloader = app_module._Reloader(slow, lambda: object())  # type: ignore[arg-type]
+    reloader.start()
+    reloader.request()
+    assert slow.entered.wait(10)
+    stopping = threading.Thread(target=reloader.stop)
+    with caplog.at_level("WARNING", logger="dockerdns"):
+        stopping.start()
+        stopping.join(app_module.RELOAD_STOP_WAIT + 5)
+        assert not stopping.is_alive(), "stop waited for the whole reload"
+    assert any("still being applied" in r.getMessage() for r in caplog.records)
+    slow.entered.clear()
+    slow.release.set()
+    reloader.request()  # after the stop: nothing more is applied
+    assert not slow.entered.wait(0.5) and slow.reloads == 1
+
+
+def test_server_threads_have_a_tight_timer_slack(server: Server) -> None:
+    """The server's timers are precise to 1 µs (a writer's 50 µs pause takes 85 µs, not 140)."""
+    assert Path(f"/proc/{server.proc.pid}/timerslack_ns").read_text().strip() == str(app_module.TIMER_SLACK_NS)

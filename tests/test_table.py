@@ -175,6 +175,7 @@ def test_a_long_change_pauses_and_publishes_only_when_whole(monkeypatch: pytest.
     """Rule 6: a change of 2,000 names sleeps BREATHER between steps (on one CPU the queries run then), and
     readers meanwhile see the table from before it, never a part of it."""
     table = RecordTable()
+    table.breathing = True  # as App.start sets it
     table.replace("c0", [rec("first.docker.", "10.0.0.1", "c0")])
     before = table.snapshot
     seen: list[object] = []
@@ -202,3 +203,12 @@ def test_breath_waits_for_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     breath()
     breath()
     assert slept == [BREATHER]
+
+
+def test_a_table_not_yet_serving_does_not_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before queries are served (App.start) there is nobody to pause for: a large table is built straight."""
+    table = RecordTable()
+    slept: list[float] = []
+    monkeypatch.setattr(table_module.time, "sleep", slept.append)
+    table.replace("static", [rec(f"n{i}.docker.", f"10.1.{i // 250}.{i % 250 + 1}", "static") for i in range(2000)])
+    assert slept == [] and len(table.snapshot.names) == 2000
